@@ -1,0 +1,27 @@
+{
+    "name": "Exchange & Office 365 Connector",
+    "summary": "Mails and meetings from Exchange / Office 365 into Odoo, partners out to Outlook contacts",
+    "version": "19.0.1.0.0",
+    "category": "Productivity/Discuss",
+    "author": "Exchange Connector Team",
+    "website": "https://github.com/exchange-connector/exchange_connector",
+    "license": "LGPL-3",
+    "depends": ["mail", "calendar", "contacts"],
+    "external_dependencies": {
+        "python": ["msal", "exchangelib", "requests", "lxml"],
+    },
+    "data": [
+        "security/ir.model.access.csv",
+        "views/res_users_views.xml",
+        "views/res_config_settings_views.xml",
+    ],
+    "demo": [],
+    "assets": {
+        "web.assets_tests": [
+            "exchange_connector/static/tests/tours/*.js",
+        ],
+    },
+    "uninstall_hook": "uninstall_hook",
+    "installable": True,
+    "application": True,
+}

@@ -1,0 +1,63 @@
+from odoo import api, fields, models
+from odoo.exceptions import ValidationError
+
+# Microsoft's public cloud; national clouds and the local test tenant are set on the Settings page.
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
+DEFAULT_SYNC_INTERVAL = 15
+DEFAULT_MIN_SYNC_INTERVAL = 5
+
+
+class ResConfigSettings(models.TransientModel):
+    _inherit = "res.config.settings"
+
+    exchange_tenant_id = fields.Char(
+        "Azure tenant ID", config_parameter="exchange_connector.tenant_id", default="organizations",
+        help="Directory (tenant) ID of the Azure app, or 'organizations' for a multi-tenant app.")
+    exchange_client_id = fields.Char(
+        "Azure client ID", config_parameter="exchange_connector.client_id")
+    exchange_client_secret = fields.Char(
+        "Azure client secret", config_parameter="exchange_connector.client_secret",
+        # res.config.settings.default_get() is callable by any internal user over RPC and would
+        # return config parameters as they are; the group keeps the secret out of it.
+        groups="base.group_system")
+    exchange_authority_host = fields.Char(
+        "Identity platform host", config_parameter="exchange_connector.authority_host",
+        default=DEFAULT_AUTHORITY_HOST,
+        help="Change only for a national cloud (e.g. https://login.microsoftonline.us) or a test tenant.")
+    exchange_graph_url = fields.Char(
+        "Microsoft Graph URL", config_parameter="exchange_connector.graph_url", default=DEFAULT_GRAPH_URL)
+    exchange_ca_bundle_path = fields.Char(
+        "CA bundle for Microsoft", config_parameter="exchange_connector.ca_bundle_path",
+        help="Path of a PEM file on the Odoo server that signs the identity platform and Graph "
+             "certificates. Leave empty to trust the system's certificate authorities.")
+    exchange_default_sync_interval = fields.Integer(
+        "Default sync interval (minutes)", config_parameter="exchange_connector.default_sync_interval",
+        default=DEFAULT_SYNC_INTERVAL)
+    exchange_min_sync_interval = fields.Integer(
+        "Minimum sync interval (minutes)", config_parameter="exchange_connector.min_sync_interval",
+        default=DEFAULT_MIN_SYNC_INTERVAL,
+        help="Users cannot sync more often than this: it protects the Odoo server and the mailboxes' "
+             "Microsoft request budget.")
+
+    @api.constrains("exchange_default_sync_interval", "exchange_min_sync_interval")
+    def _check_exchange_sync_intervals(self):
+        for settings in self:
+            if settings.exchange_min_sync_interval < 1:
+                raise ValidationError(self.env._("The minimum sync interval must be at least 1 minute."))
+            if settings.exchange_default_sync_interval < settings.exchange_min_sync_interval:
+                raise ValidationError(self.env._(
+                    "The default sync interval (%(default)s min) cannot be below the minimum (%(minimum)s min).",
+                    default=settings.exchange_default_sync_interval,
+                    minimum=settings.exchange_min_sync_interval,
+                ))
+
+    @api.model
+    def default_get(self, fields):
+        # default_get() is callable over RPC by any internal user and fills every
+        # config_parameter field, group-restricted or not: drop what the caller may not read.
+        values = super().default_get(fields)
+        return {
+            name: value for name, value in values.items()
+            if name not in self._fields or self._has_field_access(self._fields[name], "read")
+        }

@@ -1,0 +1,70 @@
+import xmlrpc.client
+
+from odoo.tests import HttpCase, tagged
+
+from .common import create_mailbox_users
+
+
+@tagged("post_install", "-at_install")
+class TestSettingsOverRpc(HttpCase):
+    """What another internal user can reach over the external API, with their own credentials."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.anna, cls.marco = create_mailbox_users(cls.env)
+        cls.env["ir.config_parameter"].sudo().set_param("exchange_connector.client_secret", "tenant-secret")
+
+    def rpc(self, login, password, model, method, *args, **kwargs):
+        uid = self.xmlrpc_common.authenticate(self.env.cr.dbname, login, password, {})
+        self.assertTrue(uid, f"{login} could not log in over XML-RPC")
+        return self.xmlrpc_object.execute_kw(self.env.cr.dbname, uid, password, model, method, list(args), kwargs)
+
+    def assertRpcAccessError(self, *call):
+        with self.assertRaises(xmlrpc.client.Fault) as caught:
+            self.rpc(*call)
+        # The message of odoo.exceptions.AccessError for a field, a model or a group-restricted method.
+        self.assertRegex(caught.exception.faultString,
+                         r"enough rights to access the field|not allowed to (modify|access)|Access Denied")
+
+    def test_other_user_cannot_read_secrets(self):
+        marco = ("marco.test", "marco.test.pw")
+        self.assertRpcAccessError(*marco, "res.users", "read", [self.anna.id], ["exchange_ews_password"])
+        self.assertRpcAccessError(*marco, "res.users", "read", [self.anna.id], ["exchange_token_cache"])
+        self.assertRpcAccessError(*marco, "res.users", "search_read",
+                                  [("id", "=", self.anna.id)], ["exchange_ews_password"])
+        # Reading "all fields" is refused as a whole rather than leaking the secret among them.
+        self.assertRpcAccessError(*marco, "res.users", "read", [self.anna.id])
+        public = self.rpc(*marco, "res.users", "read", [self.anna.id], ["name", "exchange_email"])
+        self.assertEqual(public[0]["exchange_email"], "anna@example.com")
+        self.assertRpcAccessError(*marco, "ir.config_parameter", "get_param", "exchange_connector.client_secret")
+        # default_get() of the settings is open to internal users: it must not hand out the secret.
+        defaults = self.rpc(*marco, "res.config.settings", "default_get", ["exchange_client_secret"])
+        self.assertNotIn("tenant-secret", repr(defaults))
+
+    def test_other_user_cannot_write_settings(self):
+        marco = ("marco.test", "marco.test.pw")
+        self.assertRpcAccessError(*marco, "res.users", "write", [self.anna.id], {"exchange_ews_password": "x"})
+        self.assertRpcAccessError(*marco, "res.users", "write", [self.anna.id], {"exchange_sync_interval": 60})
+        self.assertEqual(self.anna.sudo().exchange_ews_password, "anna-secret")
+        self.assertEqual(self.anna.exchange_sync_interval, 15)
+
+    def test_owner_reads_and_writes_own_settings_over_rpc(self):
+        anna = ("anna.test", "anna.test.pw")
+        self.rpc(*anna, "res.users", "write", [self.anna.id],
+                 {"exchange_ews_password": "rotated", "exchange_sync_interval": 45})
+        values = self.rpc(*anna, "res.users", "read", [self.anna.id], ["exchange_ews_password", "exchange_sync_interval"])
+        self.assertEqual(values[0]["exchange_ews_password"], "rotated")
+        self.assertEqual(values[0]["exchange_sync_interval"], 45)
+        # The OAuth token cache is for server code only, even for its owner.
+        self.assertRpcAccessError(*anna, "res.users", "read", [self.anna.id], ["exchange_token_cache"])
+        with self.assertRaises(xmlrpc.client.Fault) as caught:
+            self.rpc(*anna, "res.users", "write", [self.anna.id], {"exchange_sync_interval": 1})
+        self.assertIn("must be at least 5 minutes", caught.exception.faultString)
+
+    def test_preferences_tour(self):
+        self.start_tour("/odoo", "exchange_connector_preferences", login="marco.test")
+        self.assertEqual(self.marco.exchange_account_type, "ews")
+        self.assertEqual(self.marco.exchange_ews_url, "https://exchange.example.org/EWS/Exchange.asmx")
+        self.assertEqual(self.marco.sudo().exchange_ews_password, "tour-secret")
+        self.assertEqual(self.marco.exchange_transfer_folder_out, "Sent to Odoo")
