@@ -1,0 +1,66 @@
+# Run inside `odoo-bin shell` by dev/run: links the demo database to the local tenant.
+# Idempotent: every run brings users, partners and settings back to the demo state.
+import json
+import os
+
+tenant_file = os.environ.get("EXCHANGE_TENANT_JSON", "")
+tenant = json.load(open(tenant_file, encoding="utf-8")) if os.path.exists(tenant_file) else None
+
+# Partners whose addresses appear in the demo mailboxes; two share info@schulz-bau.example so
+# the "choose the partner" wizard has something to ask.
+DEMO_PARTNERS = [
+    ("Weber Maschinenbau AG", "buchhaltung@weber-maschinenbau.example"),
+    ("Schulz Bau GmbH", "info@schulz-bau.example"),
+    ("Schulz Bau Montage GmbH", "info@schulz-bau.example"),
+    ("James Carter (Northwind Traders)", "james.carter@northwind.example"),
+    ("Ferrari Imballaggi SpA", "ordini@ferrari-imballaggi.example"),
+    ("Ferrari Imballaggi SpA, Amministrazione", "amministrazione@ferrari-imballaggi.example"),
+]
+Partner = env["res.partner"]
+for name, email in DEMO_PARTNERS:
+    if not Partner.search([("name", "=", name), ("email", "=", email)], limit=1):
+        Partner.create({"name": name, "email": email, "is_company": "(" not in name})
+
+logins = []
+if tenant:
+    app = tenant["apps"][0]
+    params = env["ir.config_parameter"].sudo()
+    for key, value in {
+        "tenant_id": tenant["tenant_id"],
+        "client_id": app["client_id"],
+        "client_secret": app["client_secret"],
+        "authority_host": tenant["base_url"],
+        "graph_url": tenant["graph_url"],
+        "ca_bundle_path": tenant["ca_path"],
+    }.items():
+        params.set_param(f"exchange_connector.{key}", value)
+    ca_pem = open(tenant["ca_path"], encoding="utf-8").read()
+    internal = env.ref("base.group_user")
+    for index, mailbox in enumerate(tenant["users"]):
+        login = mailbox["email"].split("@")[0]
+        user = env["res.users"].with_context(active_test=False).search([("login", "=", login)], limit=1)
+        values = {
+            "name": mailbox["display_name"], "email": mailbox["email"], "active": True,
+            "exchange_email": mailbox["email"],
+            # The first demo user reaches the tenant as Office 365 (Graph), the others as an
+            # on-premises Exchange (EWS), so both protocols are on show.
+            "exchange_account_type": "graph" if index == 0 else "ews",
+            "exchange_ews_url": tenant["ews_url"],
+            "exchange_ews_username": mailbox["username"] or mailbox["email"],
+            "exchange_ews_password": mailbox["password"],
+            "exchange_ews_auth": "ntlm",
+            "exchange_ca_bundle": ca_pem,
+        }
+        if not user:
+            user = env["res.users"].create({"login": login, "password": login, "group_ids": [(4, internal.id)], **values})
+        else:
+            user.write(values)
+        logins.append((login, login, mailbox["email"], user.exchange_account_type))
+env.cr.commit()
+
+print("Demo database ready.")
+print("  Log in as admin / admin (administrator)")
+for login, password, email, kind in logins:
+    print(f"  or as {login} / {password}  (mailbox {email} via {'Microsoft Graph' if kind == 'graph' else 'EWS'})")
+if not tenant:
+    print("  (no local tenant: mailbox settings were not linked)")
