@@ -8,7 +8,10 @@ ODOO_SRC=${ODOO_SRC:-/opt/odoo19}
 STATE=${EXCHANGE_CONNECTOR_HOME:-$HOME/.local/share/exchange_connector}
 PYTHON=${PYTHON:-python3}
 DB_USER=${PGUSER:-$(id -un)}
-export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432}
+# Unset PGHOST means PostgreSQL's Unix socket: peer authentication works there on a fresh
+# Debian cluster, where TCP would ask for a password.
+export PGPORT=${PGPORT:-5432}
+PG_HOST_ARGS=(${PGHOST:+-h "$PGHOST"} -p "$PGPORT")
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
@@ -31,7 +34,7 @@ apt_install() {
 }
 
 require_odoo() {
-  if [ ! -x "$ODOO_SRC/odoo-bin" ] || [ ! -d "$ODOO_SRC/odoo/addons/base" ] || [ ! -d "$ODOO_SRC/addons/mail" ]; then
+  if [ ! -f "$ODOO_SRC/odoo-bin" ] || [ ! -d "$ODOO_SRC/odoo/addons/base" ] || [ ! -d "$ODOO_SRC/addons/mail" ]; then
     die "Odoo 19 Community was not found at ODOO_SRC=$ODOO_SRC.
   Get the Odoo 19.0 Community source (odoo-bin, odoo/, addons/, requirements.txt), e.g.
       git clone --depth 1 --branch 19.0 https://github.com/odoo/odoo.git /opt/odoo19
@@ -45,19 +48,18 @@ ensure_postgres() {
   if ! command -v pg_ctlcluster >/dev/null || ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
     apt_install postgresql postgresql-client
   fi
-  if ! pg_isready -q -h "$PGHOST" -p "$PGPORT"; then
+  if ! pg_isready -q "${PG_HOST_ARGS[@]}"; then
     say "Starting PostgreSQL"
     local version; version=$(ls /etc/postgresql | sort -V | tail -1)
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || as_root service postgresql start
-    for _ in $(seq 30); do pg_isready -q -h "$PGHOST" -p "$PGPORT" && break; sleep 1; done
-    pg_isready -q -h "$PGHOST" -p "$PGPORT" || die "PostgreSQL did not start on $PGHOST:$PGPORT."
+    for _ in $(seq 30); do pg_isready -q "${PG_HOST_ARGS[@]}" && break; sleep 1; done
+    pg_isready -q "${PG_HOST_ARGS[@]}" || die "PostgreSQL did not start (${PGHOST:-local socket}, port $PGPORT)."
   fi
-  if ! psql -d postgres -U "$DB_USER" -tAc 'select 1' >/dev/null 2>&1; then
+  if ! psql "${PG_HOST_ARGS[@]}" -d postgres -U "$DB_USER" -tAc 'select 1' >/dev/null 2>&1; then
     say "Creating PostgreSQL role $DB_USER"
     as_root su postgres -c "createuser --superuser '$DB_USER'" || true
-    # A fresh Debian cluster asks for a password on TCP; Odoo connects over TCP here.
-    psql -d postgres -U "$DB_USER" -tAc 'select 1' >/dev/null 2>&1 \
-      || die "Cannot connect to PostgreSQL as '$DB_USER' on $PGHOST:$PGPORT. Allow it in pg_hba.conf (trust or a password in ~/.pgpass)."
+    psql "${PG_HOST_ARGS[@]}" -d postgres -U "$DB_USER" -tAc 'select 1' >/dev/null 2>&1 \
+      || die "Cannot connect to PostgreSQL as '$DB_USER' (${PGHOST:-local socket}, port $PGPORT). Allow it in pg_hba.conf or set PGHOST/PGUSER."
   fi
 }
 
@@ -102,7 +104,7 @@ setup_all() {
 
 odoo_bin() {
   "$VENV/bin/python" "$ODOO_SRC/odoo-bin" --addons-path="$(ADDONS_PATH)" --data-dir="$STATE/data" \
-    --db_host="$PGHOST" --db_port="$PGPORT" --db_user="$DB_USER" "$@"
+    ${PGHOST:+--db_host="$PGHOST"} --db_port="$PGPORT" --db_user="$DB_USER" "$@"
 }
 
 free_port() { "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
