@@ -103,7 +103,10 @@ setup_all() {
 }
 
 odoo_bin() {
-  "$VENV/bin/python" "$ODOO_SRC/odoo-bin" --addons-path="$(ADDONS_PATH)" --data-dir="$STATE/data" \
+  # Odoo 19 takes only --addons-path before its sub-command ("server" when none is given).
+  local command=server
+  case "${1:-}" in shell|server|module|db|neutralize|populate) command=$1; shift ;; esac
+  "$VENV/bin/python" "$ODOO_SRC/odoo-bin" --addons-path="$(ADDONS_PATH)" "$command" --data-dir="$STATE/data" \
     ${PGHOST:+--db_host="$PGHOST"} --db_port="$PGPORT" --db_user="$DB_USER" "$@"
 }
 

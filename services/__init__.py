@@ -1,0 +1,54 @@
+"""The connector's only door to Microsoft: mailbox backends for Graph and EWS.
+
+Plain Python (never imports odoo).  Callers use :class:`MailboxBackend`
+through :class:`GraphBackend` or :class:`EwsBackend`; see :mod:`services.backend`.
+"""
+
+from .backend import (
+    ContactChange,
+    ContactResult,
+    MailboxBackend,
+    RemoteAddress,
+    RemoteAttendee,
+    RemoteContact,
+    RemoteEvent,
+    RemoteFolder,
+    RemoteMailbox,
+    RemoteMessage,
+    SyncPage,
+)
+from .errors import (
+    AuthenticationError,
+    ConnectionProblem,
+    ExchangeError,
+    FolderNotFound,
+    ItemNotFound,
+    SyncStateExpired,
+    ThrottledError,
+    TimeBudgetExceeded,
+)
+from .throttle import RetryPolicy, RunBudget
+
+__all__ = [
+    "AuthenticationError",
+    "ConnectionProblem",
+    "ContactChange",
+    "ContactResult",
+    "ExchangeError",
+    "FolderNotFound",
+    "ItemNotFound",
+    "MailboxBackend",
+    "RemoteAddress",
+    "RemoteAttendee",
+    "RemoteContact",
+    "RemoteEvent",
+    "RemoteFolder",
+    "RemoteMailbox",
+    "RemoteMessage",
+    "RetryPolicy",
+    "RunBudget",
+    "SyncPage",
+    "SyncStateExpired",
+    "ThrottledError",
+    "TimeBudgetExceeded",
+]

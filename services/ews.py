@@ -1,0 +1,835 @@
+"""EWS backend (Exchange 2010 SP2 and later, on premises) built on exchangelib 5.x.
+
+- Credentials: Basic or NTLM (``auth_type`` "basic"/"ntlm"), user name as
+  e-mail address, ``DOMAIN\\user`` or UPN.  ``version=None`` lets exchangelib
+  probe the server version, or give a build string such as "14.2".
+- TLS: exchangelib only has a class-level ``BaseProtocol.HTTP_ADAPTER_CLS``.
+  This module installs :class:`AccountVerifyAdapter`, and each backend sets
+  its ``verify`` (CA bundle path, True or False) on the adapters of the
+  sessions of its own account, so two accounts with different CAs work in
+  one process, even against the same server.
+- exchangelib runs with its ``FailFast`` retry policy: throttling
+  (``ErrorServerBusy`` with ``BackOffMilliseconds``, HTTP 503) and
+  timeouts reach :class:`services.throttle.RetryPolicy`, which also
+  enforces the run's time budget, and every call holds one of the
+  mailbox's concurrency slots.
+- Messages: ``SyncFolderItems`` one page per request (IdOnly), then
+  ``GetItem`` for the envelope of the created/changed items of the page,
+  because Exchange does not return recipient lists in sync or find results.
+  The state is the page's ``SyncState``.  EWS ids change when an item
+  moves: use the id :meth:`EwsBackend.move_message` returns.
+- Calendar: EWS has no calendar-view delta.  ``sync_events`` lists the
+  window with a CalendarView (occurrences and exceptions expanded) and the
+  state is a fingerprint: JSON ``{"window": [start, end], "seen": {id: change_key}}``.
+  Items whose change key differs from the fingerprint are returned, ids in
+  the fingerprint missing from the window are reported as removed (deleted
+  or cancelled occurrences, events moved out of the window).
+"""
+
+import contextlib
+import json
+import logging
+import threading
+from datetime import date, datetime, timezone
+
+import requests
+from exchangelib import (
+    BASIC,
+    NTLM,
+    UTC,
+    Account,
+    Body,
+    Build,
+    Configuration,
+    Contact,
+    Credentials,
+    EWSDateTime,
+    FailFast,
+    Folder,
+    HTMLBody,
+    Version,
+)
+from exchangelib import errors as ews_errors
+from exchangelib.folders.queryset import SHALLOW as SHALLOW_FOLDERS
+from exchangelib.folders.queryset import SingleFolderQuerySet
+from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
+from exchangelib.items import HARD_DELETE, ID_ONLY, MOVE_TO_DELETED_ITEMS
+from exchangelib.protocol import BaseProtocol, Protocol
+from exchangelib.services import SyncFolderItems
+
+from .backend import (
+    ContactResult,
+    MailboxBackend,
+    RemoteAddress,
+    RemoteAttendee,
+    RemoteEvent,
+    RemoteFolder,
+    RemoteMailbox,
+    RemoteMessage,
+    SyncPage,
+    saved_window_state,
+    window_bounds,
+)
+from .errors import (
+    AuthenticationError,
+    ConnectionProblem,
+    ExchangeError,
+    FolderNotFound,
+    ItemNotFound,
+    SyncStateExpired,
+    TimeBudgetExceeded,
+    connection_problem,
+)
+from .throttle import MAX_CONCURRENT_REQUESTS, Retryable, RetryPolicy, mailbox_slot, throttled
+
+_logger = logging.getLogger(__name__)
+
+MESSAGE_FIELDS = [
+    "subject",
+    "sender",
+    "author",
+    "to_recipients",
+    "cc_recipients",
+    "bcc_recipients",
+    "datetime_received",
+    "datetime_sent",
+    "has_attachments",
+    "is_read",
+    "message_id",
+    "size",
+    "parent_folder_id",
+]
+EVENT_FIELDS = [
+    "uid",
+    "type",
+    "subject",
+    "body",
+    "start",
+    "end",
+    "is_all_day",
+    "location",
+    "organizer",
+    "required_attendees",
+    "optional_attendees",
+    "resources",
+    "sensitivity",
+    "legacy_free_busy_status",
+    "is_cancelled",
+    "categories",
+    "recurrence",
+]
+#: Exchange refuses a SyncFolderItems MaxChangesReturned above 512.
+MAX_SYNC_CHANGES = 512
+#: Contacts per CreateItem/UpdateItem/DeleteItem request.
+CONTACT_CHUNK = 100
+WELL_KNOWN_FOLDERS = {
+    "inbox": "inbox",
+    "sent items": "sent",
+    "deleted items": "trash",
+    "drafts": "drafts",
+    "junk email": "junk",
+    "outbox": "outbox",
+}
+_RESPONSES = {"accept": "accepted", "decline": "declined", "tentative": "tentative", "organizer": "organizer"}
+_EVENT_TYPES = {
+    "single": "single",
+    "occurrence": "occurrence",
+    "exception": "exception",
+    "recurringmaster": "series_master",
+}
+_SHOW_AS = {
+    "free": "free",
+    "tentative": "tentative",
+    "busy": "busy",
+    "oof": "oof",
+    "workingelsewhere": "workingElsewhere",
+    "nodata": "unknown",
+}
+
+
+class AccountVerifyAdapter(requests.adapters.HTTPAdapter):
+    """The HTTPAdapter exchangelib mounts on each of its sessions, with a ``verify`` of its own.
+
+    exchangelib builds one adapter per session from the class-level
+    ``BaseProtocol.HTTP_ADAPTER_CLS`` and its sessions trust the environment
+    (REQUESTS_CA_BUNDLE would win over ``session.verify``).
+    :class:`EwsBackend` sets ``verify`` on the adapters of its account's
+    sessions, so each account keeps its own CA bundle or switch; an adapter
+    left alone (``verify = None``) behaves as requests' own.
+    """
+
+    verify = None
+    _last_answer = threading.local()
+
+    @classmethod
+    def last_status(cls):
+        """HTTP status of the last answer this thread received (exchangelib sometimes hides it)."""
+        return getattr(cls._last_answer, "status", None)
+
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        if self.verify is not None:
+            verify = self.verify
+        self._last_answer.status = None
+        response = super().send(
+            request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
+        )
+        self._last_answer.status = response.status_code
+        return response
+
+
+def _bind_verify(protocol, verify):
+    """Make every session ``protocol`` creates from now on verify TLS with ``verify``."""
+    create_session = protocol.create_session
+
+    def create_session_with_verify():
+        session = create_session()
+        for adapter in session.adapters.values():
+            if isinstance(adapter, AccountVerifyAdapter):
+                adapter.verify = verify
+        return session
+
+    protocol.create_session = create_session_with_verify
+
+
+BaseProtocol.HTTP_ADAPTER_CLS = AccountVerifyAdapter
+
+
+def _utc(value):
+    """exchangelib EWSDateTime/EWSDate → aware UTC datetime (dates are all-day starts at midnight UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return datetime.fromtimestamp(value.timestamp(), tz=timezone.utc)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    return value
+
+
+def _address(mailbox):
+    if mailbox is None or not (mailbox.email_address or mailbox.name):
+        return None
+    return RemoteAddress(address=mailbox.email_address or "", name=mailbox.name or "")
+
+
+def _addresses(mailboxes):
+    return [address for address in map(_address, mailboxes or []) if address]
+
+
+def message_from_ews(item):
+    """Map an exchangelib Message to :class:`RemoteMessage`."""
+    return RemoteMessage(
+        id=item.id,
+        internet_message_id=item.message_id,
+        subject=item.subject or "",
+        sender=_address(item.sender),
+        from_=_address(item.author),
+        to=_addresses(item.to_recipients),
+        cc=_addresses(item.cc_recipients),
+        bcc=_addresses(item.bcc_recipients),
+        received=_utc(item.datetime_received),
+        sent=_utc(item.datetime_sent),
+        has_attachments=bool(item.has_attachments),
+        is_read=bool(item.is_read),
+        change_key=item.changekey,
+        folder_id=item.parent_folder_id.id if item.parent_folder_id else None,
+        size=item.size,
+    )
+
+
+def _recurrence_from_ews(recurrence):
+    if recurrence is None or recurrence.pattern is None:
+        return None
+    pattern = recurrence.pattern
+    boundary = recurrence.boundary
+    kind = type(pattern).__name__
+    types = {
+        "DailyPattern": "daily",
+        "WeeklyPattern": "weekly",
+        "AbsoluteMonthlyPattern": "absoluteMonthly",
+        "RelativeMonthlyPattern": "relativeMonthly",
+        "AbsoluteYearlyPattern": "absoluteYearly",
+        "RelativeYearlyPattern": "relativeYearly",
+    }
+    ranges = {"NoEndPattern": "noEnd", "EndDatePattern": "endDate", "NumberedPattern": "numbered"}
+    weekdays = getattr(pattern, "weekdays", None) or []
+    return {
+        "type": types.get(kind, kind),
+        "interval": getattr(pattern, "interval", None) or 1,
+        "days_of_week": [str(day).lower() for day in weekdays],
+        "day_of_month": getattr(pattern, "day_of_month", None),
+        "month": getattr(pattern, "month", None),
+        "index": None,
+        "first_day_of_week": None,
+        "range_type": ranges.get(type(boundary).__name__),
+        "start_date": boundary.start.isoformat() if getattr(boundary, "start", None) else None,
+        "end_date": boundary.end.isoformat() if getattr(boundary, "end", None) else None,
+        "count": getattr(boundary, "number", None),
+    }
+
+
+def event_from_ews(item):
+    """Map an exchangelib CalendarItem (from a CalendarView) to :class:`RemoteEvent`."""
+    attendees = []
+    for kind, group in (
+        ("required", item.required_attendees),
+        ("optional", item.optional_attendees),
+        ("resource", item.resources),
+    ):
+        for attendee in group or []:
+            address = _address(attendee.mailbox)
+            if address:
+                attendees.append(
+                    RemoteAttendee(
+                        address=address.address,
+                        name=address.name,
+                        response=_RESPONSES.get((attendee.response_type or "").lower(), "none"),
+                        type=kind,
+                    )
+                )
+    body = item.body or ""
+    if body and not isinstance(body, HTMLBody):
+        body = "<pre>" + body.replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
+    return RemoteEvent(
+        id=item.id,
+        ical_uid=item.uid,
+        series_master_id=None,
+        type=_EVENT_TYPES.get((item.type or "Single").lower(), "single"),
+        subject=item.subject or "",
+        body_html=str(body),
+        start=_utc(item.start),
+        end=_utc(item.end),
+        is_all_day=bool(item.is_all_day),
+        location=item.location or "",
+        organizer=_address(item.organizer),
+        attendees=attendees,
+        sensitivity=(item.sensitivity or "Normal").lower(),
+        show_as=_SHOW_AS.get((item.legacy_free_busy_status or "Busy").lower(), "busy"),
+        is_cancelled=bool(item.is_cancelled),
+        categories=list(item.categories or []),
+        change_key=item.changekey,
+        recurrence=_recurrence_from_ews(item.recurrence),
+    )
+
+
+def _fill_contact(item, contact):
+    """Copy :class:`RemoteContact` fields onto an exchangelib Contact (empty values clear)."""
+    item.given_name = contact.given_name or None
+    item.surname = contact.surname or None
+    item.display_name = (
+        contact.display_name
+        or " ".join(part for part in (contact.given_name, contact.surname) if part)
+        or (contact.emails or [""])[0]
+        or "?"
+    )
+    item.company_name = contact.company_name or None
+    item.job_title = contact.job_title or None
+    item.email_addresses = [
+        EmailAddress(email=email, label=label)
+        for email, label in zip(contact.emails[:3], EmailAddress.LABEL_CHOICES, strict=False)
+    ] or None
+    phones = (
+        [PhoneNumber(label="BusinessPhone", phone_number=contact.business_phone)]
+        if contact.business_phone
+        else []
+    )
+    if contact.mobile_phone:
+        phones.append(PhoneNumber(label="MobilePhone", phone_number=contact.mobile_phone))
+    item.phone_numbers = phones or None
+    if any((contact.street, contact.city, contact.zip, contact.state, contact.country)):
+        item.physical_addresses = [
+            PhysicalAddress(
+                label="Business",
+                street=contact.street or None,
+                city=contact.city or None,
+                state=contact.state or None,
+                country=contact.country or None,
+                zipcode=contact.zip or None,
+            )
+        ]
+    else:
+        item.physical_addresses = None
+    item.business_homepage = contact.website or None
+    item.body = Body(contact.notes) if contact.notes else None
+    return item
+
+
+_CONTACT_UPDATE_FIELDS = [
+    "given_name",
+    "surname",
+    "display_name",
+    "company_name",
+    "job_title",
+    "email_addresses",
+    "phone_numbers",
+    "physical_addresses",
+    "business_homepage",
+    "body",
+]
+
+
+def _error_code(exc):
+    """Microsoft's ResponseCode: exchangelib names its exception classes after them."""
+    return type(exc).__name__
+
+
+class EwsBackend(MailboxBackend):
+    """A mailbox reached through Exchange Web Services.
+
+    :param account_email: the mailbox's primary SMTP address.
+    :param username: "user@domain", "DOMAIN\\\\user" or the account name.
+    :param ews_url: the EWS endpoint, ``https://mail.example.com/EWS/Exchange.asmx``.
+    :param auth_type: "ntlm" or "basic".
+    :param version: None to let exchangelib probe, or a build such as "14.2" (Exchange 2010 SP2).
+    :param verify: CA bundle path, True (system CAs) or False (no check, for tests only).
+    """
+
+    def __init__(
+        self,
+        account_email,
+        username,
+        password,
+        ews_url,
+        auth_type="ntlm",
+        version=None,
+        verify=True,
+        budget=None,
+        retry_policy=None,
+        timeout=60,
+        page_size=100,
+    ):
+        self.account_email = account_email
+        self.ews_url = ews_url
+        self.budget = budget
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.page_size = page_size
+        self.verify = verify
+        config_version = None
+        if version:
+            config_version = Version(build=Build(*[int(part) for part in str(version).split(".")]))
+        self.config = Configuration(
+            service_endpoint=ews_url,
+            credentials=Credentials(username=username, password=password),
+            auth_type=NTLM if str(auth_type).lower() == "ntlm" else BASIC,
+            version=config_version,
+            retry_policy=FailFast(),
+            max_connections=MAX_CONCURRENT_REQUESTS,
+        )
+        self.timeout = timeout
+        self._account = None
+
+    # -- plumbing -----------------------------------------------------------
+
+    @property
+    def account(self):
+        """The exchangelib Account (created on first use)."""
+        if self._account is None:
+            # exchangelib shares one protocol per (endpoint, credentials): bind it before Account() uses it.
+            _bind_verify(Protocol(config=self.config), self.verify)
+            account = self._call(
+                lambda: Account(
+                    primary_smtp_address=self.account_email,
+                    config=self.config,
+                    autodiscover=False,
+                    default_timezone=UTC,
+                ),
+                "EWS connect",
+            )
+            account.protocol.TIMEOUT = self.timeout  # exchangelib's default is 120 s per request
+            self._account = account
+        return self._account
+
+    def _call(self, fn, what):
+        """Run ``fn()`` (consuming its results) in a concurrency slot, with retries and error mapping."""
+
+        def attempt():
+            try:
+                with mailbox_slot(self.account_email):
+                    return fn()
+            except ews_errors.ErrorServerBusy as exc:
+                if AccountVerifyAdapter.last_status() == 401:
+                    # exchangelib reads "Connection: close" before the 401 status and calls it busy.
+                    raise self._bad_credentials() from exc
+                raise throttled(str(exc) or "Server busy", "ErrorServerBusy", exc.back_off) from exc
+            except ews_errors.ErrorTimeoutExpired as exc:
+                # exchangelib re-raises every connection error as ErrorTimeoutExpired.
+                problem = connection_problem(exc, self.ews_url)
+                raise (Retryable(problem) if problem.transient else problem) from exc
+            except ews_errors.ErrorInternalServerTransientError as exc:
+                raise Retryable(ExchangeError(f"{what}: {exc}", code=_error_code(exc))) from exc
+            except ews_errors.UnauthorizedError as exc:
+                raise self._bad_credentials() from exc
+            except (
+                ews_errors.ErrorFolderNotFound,
+                ews_errors.ErrorItemNotFound,
+                ews_errors.ErrorInvalidSyncStateData,
+            ) as exc:
+                raise _translate(exc) from exc
+            except ews_errors.ResponseMessageError as exc:
+                _logger.warning("%s: %s %s", what, _error_code(exc), exc)
+                raise ExchangeError(f"{what}: {exc}", code=_error_code(exc)) from exc
+            except ews_errors.TransportError as exc:
+                text = str(exc)
+                if AccountVerifyAdapter.last_status() == 401:
+                    raise self._bad_credentials() from exc
+                kind = "tls" if ("CERTIFICATE" in text or "SSL" in text) else "refused"
+                raise ConnectionProblem(
+                    f"EWS at {self.ews_url} unreachable ({kind}): {text[:200]}", kind=kind
+                ) from exc
+            except requests.exceptions.RequestException as exc:
+                problem = connection_problem(exc, self.ews_url)
+                if problem.transient:
+                    raise Retryable(problem) from exc
+                raise problem from exc
+
+        return self.retry_policy.call(attempt, budget=self.budget, what=what)
+
+    def _bad_credentials(self):
+        return AuthenticationError(
+            f"Exchange rejected the user name or password for {self.account_email}",
+            kind="password",
+            code="Unauthorized",
+            status=401,
+        )
+
+    @property
+    def _root(self):
+        account = self.account
+        return self._call(lambda: account.root, "EWS GetFolder root")
+
+    def _folder(self, folder_id=None):
+        """An exchangelib Folder standing for ``folder_id`` (no request); None: any folder type."""
+        return Folder(root=self._root, id=folder_id)
+
+    # -- mailbox and folders ------------------------------------------------
+
+    def whoami(self):
+        """Open the mailbox's root folder (checks credentials and endpoint); the display name stays empty.
+
+        EWS has no "me": the mailbox is the one named at construction, and
+        its display name would need ResolveNames, which a mailbox user may
+        not be allowed to run.
+        """
+        self._root  # noqa: B018 - the request is the check
+        return RemoteMailbox(email=self.account.primary_smtp_address, display_name="")
+
+    def _children(self, parent):
+        return self._call(
+            lambda: list(
+                SingleFolderQuerySet(account=self.account, folder=parent).depth(SHALLOW_FOLDERS).all()
+            ),
+            "EWS FindFolder",
+        )
+
+    def _walk(self, names, create):
+        if not names:
+            raise FolderNotFound("Empty folder path")
+        well_known = WELL_KNOWN_FOLDERS.get(names[0].casefold())
+        account = self.account
+        if well_known:
+            node = self._call(lambda: getattr(account, well_known), f"EWS GetFolder {well_known}")
+            rest = names[1:]
+        else:
+            node = self._call(lambda: account.msg_folder_root, "EWS GetFolder msgfolderroot")
+            rest = names
+        parts = [node.name] if well_known else []
+        for name in rest:
+            wanted = name.casefold()
+            child = next((c for c in self._children(node) if (c.name or "").casefold() == wanted), None)
+            if child is None:
+                if not create:
+                    return None
+                child = Folder(parent=node, name=name, folder_class="IPF.Note")
+                try:
+                    self._call(child.save, "EWS CreateFolder")
+                except ExchangeError as error:
+                    if error.code != "ErrorFolderExists":
+                        raise
+                    child = next(c for c in self._children(node) if (c.name or "").casefold() == wanted)
+            node = child
+            parts.append(node.name or name)
+        return RemoteFolder(
+            id=node.id,
+            display_name=parts[-1],
+            path="/".join(parts),
+            parent_id=node.parent_folder_id.id if node.parent_folder_id else None,
+        )
+
+    # -- messages -----------------------------------------------------------
+
+    def _sync_page(self, folder, state):
+        service = SyncFolderItems(account=self.account)
+        changes = list(
+            service.call(
+                folder=folder,
+                shape=ID_ONLY,
+                additional_fields=set(),
+                sync_state=state,
+                ignore=None,
+                max_changes_returned=min(self.page_size, MAX_SYNC_CHANGES),
+                sync_scope=None,
+            )
+        )
+        return changes, service.sync_state, service.includes_last_item_in_range
+
+    def _fetch_envelopes(self, ids):
+        if not ids:
+            return []
+        folder = self._folder()
+        return self._call(
+            lambda: list(
+                # One GetItem per sync page (exchangelib would split at 100 ids).
+                self.account.fetch(
+                    [(item_id, None) for item_id in ids],
+                    folder=folder,
+                    only_fields=MESSAGE_FIELDS,
+                    chunk_size=len(ids),
+                )
+            ),
+            "EWS GetItem envelopes",
+        )
+
+    def sync_messages(self, folder, state):
+        """SyncFolderItems listing of ``folder``; ``state`` is the last page's SyncState."""
+        ews_folder = self._folder(folder.id)
+        reset = False
+        while True:
+            self._check_budget()
+            try:
+                changes, new_state, last = self._call(
+                    lambda state=state: self._sync_page(ews_folder, state), "EWS SyncFolderItems"
+                )
+            except SyncStateExpired as expired:
+                if not state or reset:
+                    raise  # a fresh listing expiring again: leave it to the next run
+                _logger.info(
+                    "EWS sync state rejected (%s) for %s: full resync", expired.code, self.account_email
+                )
+                state, reset = None, True
+                continue
+            changed_ids, removed = [], []
+            for change_type, item in changes:
+                if change_type == SyncFolderItems.DELETE:
+                    removed.append(item.id)
+                elif change_type == SyncFolderItems.READ_FLAG_CHANGE:
+                    changed_ids.append(item[0].id)
+                else:
+                    changed_ids.append(item.id)
+            changed_ids = list(dict.fromkeys(changed_ids))
+            items = []
+            for fetched in self._fetch_envelopes(changed_ids):
+                if isinstance(fetched, ews_errors.ErrorItemNotFound):
+                    continue  # deleted meanwhile: the next page or sync reports it
+                if isinstance(fetched, Exception):
+                    raise _translate(fetched)
+                items.append(message_from_ews(fetched))
+            done = bool(last) or new_state == state
+            yield SyncPage(items=items, removed_ids=removed, state=new_state, done=done, reset=reset)
+            if done:
+                return
+            state = new_state
+
+    def get_mime(self, message_id):
+        """Return the message's MIME source (GetItem MimeContent)."""
+        folder = self._folder()
+        result = self._call(
+            lambda: list(
+                self.account.fetch([(message_id, None)], folder=folder, only_fields=["mime_content"])
+            ),
+            "EWS GetItem mime",
+        )
+        if isinstance(result[0], Exception):
+            raise _translate(result[0])
+        return bytes(result[0].mime_content or b"")
+
+    def move_message(self, message_id, dest):
+        """Move the message; returns its new EWS id."""
+        target = self._folder(dest.id)
+        result = self._call(
+            lambda: self.account.bulk_move([(message_id, None)], to_folder=target), "EWS MoveItem"
+        )
+        if result and isinstance(result[0], Exception):
+            raise _translate(result[0])
+        return result[0][0] if result else message_id
+
+    def delete_message(self, message_id, hard=False):
+        """Move the message to Deleted Items, or delete it for good when ``hard``."""
+        delete_type = HARD_DELETE if hard else MOVE_TO_DELETED_ITEMS
+        result = self._call(
+            lambda: self.account.bulk_delete([(message_id, None)], delete_type=delete_type), "EWS DeleteItem"
+        )
+        if (
+            result
+            and isinstance(result[0], Exception)
+            and not isinstance(result[0], ews_errors.ErrorItemNotFound)
+        ):
+            raise _translate(result[0])
+
+    # -- calendar -----------------------------------------------------------
+
+    def sync_events(self, window_start, window_end, state):
+        """CalendarView listing compared with the fingerprint in ``state`` (see the module docstring)."""
+        window = window_bounds(window_start, window_end)
+        saved, reset = saved_window_state(state, window)
+        seen = dict(saved.get("seen") or {})
+        self._check_budget()
+        calendar = self._call(lambda: self.account.calendar, "EWS GetFolder calendar")
+        view = calendar.view(start=_ews_datetime(window_start), end=_ews_datetime(window_end)).only(
+            *EVENT_FIELDS
+        )
+        view.page_size = self.page_size
+        events = self._call(lambda: list(view), "EWS FindItem CalendarView")
+        current = {event.id: event.changekey for event in events}
+        changed = [event for event in events if seen.get(event.id) != event.changekey]
+        reported = dict(seen)
+        for start in range(0, len(changed), self.page_size):
+            self._check_budget()
+            chunk = changed[start : start + self.page_size]
+            reported.update((event.id, event.changekey) for event in chunk)
+            yield SyncPage(
+                items=[event_from_ews(event) for event in chunk],
+                removed_ids=[],
+                state=json.dumps({"window": window, "seen": reported}),
+                done=False,
+                reset=reset,
+            )
+        removed = [event_id for event_id in seen if event_id not in current]
+        yield SyncPage(
+            items=[],
+            removed_ids=removed,
+            state=json.dumps({"window": window, "seen": current}),
+            done=True,
+            reset=reset,
+        )
+
+    # -- contacts -----------------------------------------------------------
+
+    def ensure_contact_folder(self, name):
+        """Return the contact folder ``name`` below Contacts, creating it if missing."""
+        contacts = self._call(lambda: self.account.contacts, "EWS GetFolder contacts")
+        wanted = name.casefold()
+        node = next((c for c in self._children(contacts) if (c.name or "").casefold() == wanted), None)
+        if node is None:
+            node = Folder(parent=contacts, name=name, folder_class="IPF.Contact")
+            self._call(node.save, "EWS CreateFolder")
+        return RemoteFolder(
+            id=node.id,
+            display_name=node.name or name,
+            path=f"{contacts.name}/{node.name or name}",
+            parent_id=contacts.id,
+        )
+
+    def push_contacts(self, folder, changes):
+        """Apply contact changes in order with CreateItem/UpdateItem/DeleteItem, 100 contacts per request.
+
+        Each request is retried as a whole when Exchange is busy (it then
+        processed none of it); per-contact errors come back as ``ok=False``.
+        When the time budget ends, the remaining changes come back with
+        ``error_code="TimeBudgetExceeded"``.
+        """
+        results = [None] * len(changes)
+        target = self._folder(folder.id)
+        try:
+            for op, chunk in _runs_of_same_op(changes, CONTACT_CHUNK):
+                self._check_budget()
+                answers = self._call(
+                    lambda op=op, chunk=chunk: self._contact_request(op, target, [changes[i] for i in chunk]),
+                    f"EWS contacts {op}",
+                )
+                for index, answer in zip(chunk, answers, strict=True):
+                    results[index] = _contact_result(changes[index], answer)
+        except TimeBudgetExceeded as stop:
+            results = [
+                result or ContactResult.not_applied(change, stop)
+                for result, change in zip(results, changes, strict=True)
+            ]
+        return results
+
+    def _contact_request(self, op, target, chunk):
+        account = self.account
+        if op == "create":
+            items = [
+                _fill_contact(Contact(account=account, folder=target), change.contact) for change in chunk
+            ]
+            return list(account.bulk_create(folder=target, items=items, chunk_size=CONTACT_CHUNK))
+        if op == "update":
+            items = [
+                (
+                    _fill_contact(
+                        Contact(
+                            account=account, folder=target, id=change.remote_id, changekey=change.change_key
+                        ),
+                        change.contact,
+                    ),
+                    _CONTACT_UPDATE_FIELDS,
+                )
+                for change in chunk
+            ]
+            return list(account.bulk_update(items=items, chunk_size=CONTACT_CHUNK))
+        return list(
+            account.bulk_delete(
+                ids=[(change.remote_id, None) for change in chunk],
+                delete_type=HARD_DELETE,
+                chunk_size=CONTACT_CHUNK,
+            )
+        )
+
+    def close(self):
+        """Close exchangelib's sessions and drop its cached protocol for this endpoint and user."""
+        if self._account is None:
+            return
+        self._account.protocol.close()
+        # exchangelib caches one protocol per (endpoint, credentials) for the process lifetime.
+        with Protocol._protocol_cache_lock, contextlib.suppress(KeyError):
+            del Protocol[self.config]
+        self._account = None
+
+
+def _runs_of_same_op(changes, size):
+    """(op, [indexes]) chunks of consecutive changes with the same op: the given order is kept."""
+    run_op, run = None, []
+    for index, change in enumerate(changes):
+        if change.op not in ("create", "update", "delete"):
+            raise ValueError(f"Unknown contact operation {change.op!r}")
+        if run and (change.op != run_op or len(run) == size):
+            yield run_op, run
+            run = []
+        run_op = change.op
+        run.append(index)
+    if run:
+        yield run_op, run
+
+
+def _contact_result(change, answer):
+    if isinstance(answer, Exception):
+        if change.op == "delete" and isinstance(answer, ews_errors.ErrorItemNotFound):
+            return ContactResult(change.local_ref, change.op, True, change.remote_id)
+        return ContactResult(
+            change.local_ref,
+            change.op,
+            False,
+            change.remote_id,
+            error_code=_error_code(answer),
+            error_message=str(answer),
+        )
+    if change.op == "delete":
+        return ContactResult(change.local_ref, change.op, True, change.remote_id)
+    item_id, changekey = (answer.id, answer.changekey) if hasattr(answer, "id") else answer
+    return ContactResult(change.local_ref, change.op, True, item_id, changekey)
+
+
+def _translate(exc):
+    """Map an exchangelib per-item/per-request error to our exception types (keeping the code)."""
+    code = _error_code(exc)
+    if isinstance(exc, ews_errors.ErrorFolderNotFound):
+        return FolderNotFound(str(exc), code=code)
+    if isinstance(exc, ews_errors.ErrorItemNotFound):
+        return ItemNotFound(str(exc), code=code)
+    if isinstance(exc, ews_errors.ErrorInvalidSyncStateData):
+        return SyncStateExpired(str(exc), code=code)
+    return ExchangeError(str(exc), code=code)
+
+
+def _ews_datetime(value):
+    if value.tzinfo is None:
+        raise ValueError("Calendar windows need timezone-aware datetimes")
+    return EWSDateTime.from_datetime(value.astimezone(timezone.utc)).astimezone(UTC)
