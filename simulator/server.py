@@ -98,6 +98,21 @@ def normalise_endpoint(path):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    """Werkzeug's handler with HTTP/1.1 keep-alive, as IIS serves Exchange.
+
+    Werkzeug's development server closes every connection because http.server cannot drain
+    an unread request body; Tenant.wsgi_app always reads the whole body first, so the
+    connection can stay open. NTLM depends on it: its handshake is bound to the connection.
+    """
+
+    def send_header(self, keyword, value):
+        if (keyword.lower() == "connection" and value.lower() == "close"
+                and self.request_version == "HTTP/1.1"
+                and self.headers.get("Connection", "").lower() != "close"
+                and "chunked" not in self.headers.get("Transfer-Encoding", "").lower()):
+            return
+        super().send_header(keyword, value)
+
     def log_request(self, code="-", size="-"):
         _logger.debug("%s %s %s", self.command, self.path, code)
 
@@ -268,6 +283,10 @@ class Tenant:
             "ts": started,
         }
         environ["simulator.log_entry"] = entry
+        # Read the whole body up front: the connection is kept alive (see _QuietHandler), so
+        # no byte of this request may be left for the next request line.
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(length) if length > 0 else b"")
         knobs_module.clear_last_admitted()
         status_holder = {}
 
@@ -308,12 +327,9 @@ class Tenant:
         if EWS_PATH.match(path):
             entry["protocol"] = "ews"
             entry["endpoint"] = "/EWS/Exchange.asmx"
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            if length:
-                body = environ["wsgi.input"].read(length)
-                environ["wsgi.input"] = io.BytesIO(body)
-                match = SOAP_OPERATION.search(body)
-                entry["operation"] = match.group(1).decode() if match else None
+            body = environ["wsgi.input"].getvalue()
+            match = SOAP_OPERATION.search(body)
+            entry["operation"] = match.group(1).decode() if match else None
             return self._call_protocol("ews", "EwsApp", environ, start_response)
         if path.startswith("/_admin/"):
             entry["protocol"] = "admin"
