@@ -4,7 +4,10 @@ import json
 import os
 
 tenant_file = os.environ.get("EXCHANGE_TENANT_JSON", "")
-tenant = json.load(open(tenant_file, encoding="utf-8")) if os.path.exists(tenant_file) else None
+tenant = None
+if os.path.exists(tenant_file):
+    with open(tenant_file, encoding="utf-8") as handle:
+        tenant = json.load(handle)
 
 # Partners whose addresses appear in the demo mailboxes; two share info@schulz-bau.example so
 # the "choose the partner" wizard has something to ask.
@@ -34,7 +37,8 @@ if tenant:
         "ca_bundle_path": tenant["ca_path"],
     }.items():
         params.set_param(f"exchange_connector.{key}", value)
-    ca_pem = open(tenant["ca_path"], encoding="utf-8").read()
+    with open(tenant["ca_path"], encoding="utf-8") as handle:
+        ca_pem = handle.read()
     internal = env.ref("base.group_user")
     for index, mailbox in enumerate(tenant["users"]):
         login = mailbox["email"].split("@")[0]
@@ -52,7 +56,8 @@ if tenant:
             "exchange_ca_bundle": ca_pem,
         }
         if not user:
-            user = env["res.users"].create({"login": login, "password": login, "group_ids": [(4, internal.id)], **values})
+            user = env["res.users"].create(
+                {"login": login, "password": login, "group_ids": [(4, internal.id)], **values})
         else:
             user.write(values)
         logins.append((login, login, mailbox["email"], user.exchange_account_type))
@@ -61,6 +66,7 @@ env.cr.commit()
 print("Demo database ready.")
 print("  Log in as admin / admin (administrator)")
 for login, password, email, kind in logins:
-    print(f"  or as {login} / {password}  (mailbox {email} via {'Microsoft Graph' if kind == 'graph' else 'EWS'})")
+    protocol = "Microsoft Graph" if kind == "graph" else "EWS"
+    print(f"  or as {login} / {password}  (mailbox {email} via {protocol})")
 if not tenant:
     print("  (no local tenant: mailbox settings were not linked)")

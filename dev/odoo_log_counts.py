@@ -8,7 +8,8 @@ closing line would count as a success; the caller treats skips as a failure of t
 import re
 import sys
 
-text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
+with open(sys.argv[1], encoding="utf-8", errors="replace") as handle:
+    text = handle.read()
 failed = errors = total = 0
 for match in re.finditer(r"(\d+) failed, (\d+) error\(s\) of (\d+) tests", text):
     failed += int(match.group(1))

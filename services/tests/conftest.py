@@ -16,7 +16,6 @@ from services.graph import GraphBackend
 from services.throttle import RetryPolicy
 from simulator import Tenant
 
-
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 CLIENT_SECRET = "contract-test-secret"
 REDIRECT_URI = "https://odoo.test/microsoft/callback"
