@@ -11,9 +11,14 @@
         "python": ["msal", "exchangelib", "requests", "lxml"],
     },
     "data": [
+        "security/exchange_connector_security.xml",
         "security/ir.model.access.csv",
+        "data/ir_cron_data.xml",
+        "views/exchange_sync_run_views.xml",
+        "views/exchange_mailbox_views.xml",
         "views/res_users_views.xml",
         "views/res_config_settings_views.xml",
+        "views/exchange_menus.xml",
     ],
     "demo": [],
     "assets": {

@@ -1,7 +1,31 @@
-from odoo import api, fields, models
-from odoo.exceptions import ValidationError
+import logging
+import secrets
+import warnings
+from urllib.parse import urlsplit
 
-from .res_config_settings import DEFAULT_MIN_SYNC_INTERVAL, DEFAULT_SYNC_INTERVAL
+from odoo import api, fields, models
+from odoo.exceptions import AccessError, UserError, ValidationError
+from odoo.tools import consteq, email_normalize, hmac
+
+from ..services import (
+    AuthenticationError,
+    ConnectionProblem,
+    ExchangeError,
+    ThrottledError,
+    TimeBudgetExceeded,
+)
+from ..services.auth import GraphOAuth
+from .res_config_settings import DEFAULT_AUTHORITY_HOST, DEFAULT_MIN_SYNC_INTERVAL, DEFAULT_SYNC_INTERVAL
+
+_logger = logging.getLogger(__name__)
+
+OAUTH_STATE_SCOPE = "exchange_connector_oauth"
+OAUTH_CALLBACK_PATH = "/exchange_connector/oauth/callback"
+# Writing any of these means the user fixed their credentials: the lockout is lifted.
+EXCHANGE_CREDENTIAL_FIELDS = {
+    "exchange_account_type", "exchange_email", "exchange_ews_url", "exchange_ews_username",
+    "exchange_ews_password", "exchange_ews_auth", "exchange_verify_tls", "exchange_ca_bundle",
+}
 
 # Settings a user may read and change on their own record (preferences), although
 # res.users is otherwise writable by administrators only. Secrets that only server code
@@ -109,3 +133,279 @@ class ResUsers(models.Model):
             if user.exchange_event_days_back < 0 or user.exchange_event_days_ahead < 0:
                 raise ValidationError(self.env._(
                     "The event window counts days back and days ahead: use 0 or more for both."))
+
+    def write(self, vals):
+        res = super().write(vals)
+        if EXCHANGE_CREDENTIAL_FIELDS.intersection(vals):
+            # Whoever could write the credentials may also lift the lockout they caused.
+            self.sudo()._exchange_reset_lockout()
+        return res
+
+    # -- account linking: Connect / Disconnect / Test connection ------------
+
+    def _exchange_check_can_manage(self):
+        """Only the user themself or an administrator may connect, test or disconnect a mailbox."""
+        for user in self:
+            if user != self.env.user and not self.env.user.has_group("base.group_system"):
+                raise AccessError(self.env._(
+                    "Only %(user)s or an administrator can manage the mailbox of %(user)s.", user=user.name))
+
+    @api.model
+    def _exchange_microsoft_verify(self):
+        """What requests verifies Microsoft's certificates with: the configured CA bundle path, or True."""
+        return self.env["ir.config_parameter"].sudo().get_param("exchange_connector.ca_bundle_path") or True
+
+    @api.model
+    def _exchange_graph_oauth(self, cache_blob=None):
+        """The company's Azure app (from Settings) as a GraphOAuth over ``cache_blob``.
+
+        Contacts the identity platform at once (OpenID discovery): may raise
+        ConnectionProblem / ExchangeError; UserError when Office 365 is not set up.
+        """
+        config = self.env["ir.config_parameter"].sudo()
+        client_id = config.get_param("exchange_connector.client_id")
+        client_secret = config.get_param("exchange_connector.client_secret")
+        if not (client_id and client_secret):
+            raise UserError(self.env._(
+                "Office 365 is not set up yet: an administrator must enter the Azure client ID and secret "
+                "in Settings > Office 365 / Exchange."))
+        authority_host = config.get_param("exchange_connector.authority_host") or DEFAULT_AUTHORITY_HOST
+        tenant_id = config.get_param("exchange_connector.tenant_id") or "organizations"
+        return GraphOAuth(
+            client_id, client_secret, f"{authority_host.rstrip('/')}/{tenant_id}",
+            cache_blob=cache_blob, verify=self._exchange_microsoft_verify())
+
+    def _exchange_oauth_signature(self, nonce):
+        self.ensure_one()
+        return hmac(self.env(su=True), OAUTH_STATE_SCOPE, (self.id, nonce))
+
+    def _exchange_oauth_state(self):
+        """A fresh OAuth state for this user: "<user id>.<nonce>.<HMAC of both>"."""
+        self.ensure_one()
+        nonce = secrets.token_urlsafe(16)
+        return f"{self.id}.{nonce}.{self._exchange_oauth_signature(nonce)}"
+
+    def _exchange_oauth_state_is_valid(self, state):
+        """True only for a state this database signed for this very user."""
+        self.ensure_one()
+        parts = (state or "").split(".")
+        if len(parts) != 3 or parts[0] != str(self.id):
+            return False
+        return consteq(parts[2], self._exchange_oauth_signature(parts[1]))
+
+    def _exchange_oauth_start(self):
+        """Start the sign-in (authorization code + PKCE); returns msal's flow, to keep in the HTTP session."""
+        self.ensure_one()
+        if self != self.env.user:
+            raise AccessError(self.env._("Only %(user)s can connect their own mailbox.", user=self.name))
+        oauth = self._exchange_graph_oauth()
+        # The answer must come back as a GET: Odoo's session cookie has no SameSite attribute, so
+        # browsers treat it as Lax and would not send it with Microsoft's cross-site form_post (msal
+        # advises form_post; the code in the URL is bound to the PKCE verifier kept server-side).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="response_mode='form_post' is recommended")
+            return oauth.start_sign_in(
+                self.get_base_url() + OAUTH_CALLBACK_PATH, login_hint=self.exchange_email or None,
+                state=self._exchange_oauth_state(), response_mode="query")
+
+    def _exchange_oauth_finish(self, flow, auth_response):
+        """Redeem the answer the browser brought back and store the user's token cache.
+
+        Raises ExchangeError (see ``_exchange_describe_error``) or UserError.
+        """
+        self.ensure_one()
+        signed_in = self._exchange_graph_oauth().finish_sign_in(flow, auth_response)
+        expected = email_normalize(self.exchange_email)
+        if expected and email_normalize(signed_in.email) != expected:
+            raise UserError(self.env._(
+                "You signed in to Microsoft as %(signed_in)s, but the mailbox set for %(user)s is "
+                "%(mailbox)s: click Connect again and sign in as %(mailbox)s, or change the mailbox "
+                "address first.",
+                signed_in=signed_in.email, user=self.name, mailbox=self.exchange_email))
+        # exchange_email is a credential field: writing it lifts a lockout (see write()).
+        self.sudo().write({
+            "exchange_token_cache": signed_in.cache_blob,
+            "exchange_email": self.exchange_email or signed_in.email,
+        })
+        _logger.info("User %s connected the Office 365 mailbox %s", self.login, signed_in.email)
+        return signed_in
+
+    def action_exchange_connect(self):
+        """Connect button: send the browser to Microsoft's sign-in page, through the OAuth controller."""
+        self.ensure_one()
+        if self != self.env.user:
+            raise UserError(self.env._(
+                "Only %(user)s can connect their mailbox: the Microsoft sign-in happens in their own "
+                "browser. Ask them to click Connect in their preferences.", user=self.name))
+        if self.exchange_account_type != "graph":
+            raise UserError(self.env._(
+                "Connect applies to Office 365 mailboxes: choose that mailbox type first."))
+        return {"type": "ir.actions.act_url", "url": "/exchange_connector/oauth/start", "target": "self"}
+
+    def action_exchange_disconnect(self):
+        """Disconnect button: forget the Microsoft sign-in (the stored tokens) of these mailboxes."""
+        self._exchange_check_can_manage()
+        self.sudo().write({"exchange_token_cache": False})
+        _logger.info("Office 365 mailbox of %s disconnected by %s", ", ".join(self.mapped("login")),
+                     self.env.user.login)
+        return True
+
+    def _exchange_transfer_folder_paths(self):
+        self.ensure_one()
+        if not self.exchange_sync_mails:
+            return []
+        names = [self.exchange_transfer_folder_in, self.exchange_transfer_folder_out]
+        return [f"Inbox/{name.strip()}" for name in names if name and name.strip()]
+
+    def _exchange_check_connection(self):
+        """Resolve the mailbox and look for the transfer folders, without raising.
+
+        Returns ``{"ok": bool, "message": one sentence, "mailbox": address or None,
+        "missing_folders": [paths]}``.
+        """
+        self.ensure_one()
+        result = {"ok": False, "message": "", "mailbox": None, "missing_folders": []}
+        if not self.exchange_account_type:
+            result["message"] = self.env._(
+                "No mailbox is set up: choose the mailbox type under Office 365 / Exchange first.")
+            return result
+        if self.exchange_account_type == "graph" and not self.sudo().exchange_token_cache:
+            result["message"] = self._exchange_not_connected_sentence()
+            return result
+        try:
+            with self.sudo()._exchange_backend() as backend:
+                result["mailbox"] = backend.whoami().email
+                result["missing_folders"] = [path for path in self._exchange_transfer_folder_paths()
+                                             if backend.find_folder(path) is None]
+        except ExchangeError as exc:
+            result["message"] = self._exchange_describe_error(exc)
+            return result
+        except UserError as exc:
+            # The seam refuses a mailbox that is not set up, not connected or locked out.
+            result["message"] = exc.args[0]
+            return result
+        missing = result["missing_folders"]
+        if missing:
+            folders = self.env._(" and ").join(f"“{path}”" for path in missing)
+            if len(missing) == 1:
+                result["message"] = self.env._(
+                    "Connected to %(mailbox)s, but the folder %(folders)s is missing under the Inbox: "
+                    "click Create transfer folders.", mailbox=result["mailbox"], folders=folders)
+            else:
+                result["message"] = self.env._(
+                    "Connected to %(mailbox)s, but the folders %(folders)s are missing under the Inbox: "
+                    "click Create transfer folders.", mailbox=result["mailbox"], folders=folders)
+            return result
+        result["ok"] = True
+        if self._exchange_transfer_folder_paths():
+            result["message"] = self.env._("Connected to %(mailbox)s; the transfer folders are in place.",
+                                           mailbox=result["mailbox"])
+        else:
+            result["message"] = self.env._("Connected to %(mailbox)s.", mailbox=result["mailbox"])
+        return result
+
+    def action_exchange_test_connection(self):
+        """Test connection button: one notification saying that it works, or what is wrong."""
+        self.ensure_one()
+        self._exchange_check_can_manage()
+        check = self._exchange_check_connection()
+        return self._exchange_notification(check["message"], "success" if check["ok"] else "danger")
+
+    def action_exchange_create_transfer_folders(self):
+        """Create transfer folders button: create the missing folders under the Inbox."""
+        self.ensure_one()
+        self._exchange_check_can_manage()
+        paths = self._exchange_transfer_folder_paths()
+        if not paths:
+            return self._exchange_notification(
+                self.env._("Mail import is off for this mailbox: no transfer folder is needed."), "info")
+        try:
+            with self.sudo()._exchange_backend() as backend:
+                for path in paths:
+                    backend.ensure_folder(path)
+        except ExchangeError as exc:
+            return self._exchange_notification(self._exchange_describe_error(exc), "danger")
+        except UserError as exc:
+            return self._exchange_notification(exc.args[0], "danger")
+        return self._exchange_notification(self.env._(
+            "The transfer folders %(folders)s are in place.",
+            folders=self.env._(" and ").join(f"“{path}”" for path in paths)), "success")
+
+    def _exchange_notification(self, message, kind):
+        return {
+            "type": "ir.actions.client",
+            "tag": "display_notification",
+            "params": {
+                "title": self.env._("Office 365 / Exchange"),
+                "message": message,
+                "type": kind,
+                "sticky": kind == "danger",
+            },
+        }
+
+    def _exchange_not_connected_sentence(self):
+        return self.env._(
+            "This Office 365 mailbox is not connected: click Connect and sign in with Microsoft.")
+
+    def _exchange_server_host(self):
+        """The host name a connection problem is about, to name it in the message."""
+        self.ensure_one()
+        if self.exchange_account_type == "ews":
+            url = self.exchange_ews_url or ""
+        else:
+            url = (self.env["ir.config_parameter"].sudo().get_param("exchange_connector.authority_host")
+                   or DEFAULT_AUTHORITY_HOST)
+        return urlsplit(url).hostname or url
+
+    def _exchange_describe_error(self, error):
+        """The one sentence telling the user what is wrong and what to do, for any error of services/.
+
+        The single place where error kinds become words: Test connection, the
+        sign-in callback and sync runs all use it.
+        """
+        self.ensure_one()
+        if isinstance(error, AuthenticationError):
+            if error.kind == "password":
+                return self.env._(
+                    "Exchange refused the user name or password: correct them under "
+                    "Office 365 / Exchange in the preferences.")
+            if error.kind in ("invalid_grant", "no_account", "token"):
+                return self.env._(
+                    "Microsoft no longer accepts the sign-in of this mailbox (it expired or was revoked): "
+                    "click Connect and sign in again.")
+            if error.kind == "consent":
+                return self.env._(
+                    "Microsoft refused access because the app lacks consent for this mailbox: ask your "
+                    "Microsoft 365 administrator to grant consent, then click Connect again.")
+            if error.kind == "client":
+                return self.env._(
+                    "Microsoft rejected the application ID or secret: ask your Odoo administrator to check "
+                    "the Azure application in Settings.")
+            if error.kind == "state":
+                return self.env._(
+                    "The Microsoft sign-in answer does not belong to this sign-in: click Connect again.")
+        if isinstance(error, ConnectionProblem):
+            host = self._exchange_server_host()
+            if error.kind == "dns":
+                return self.env._(
+                    "The server name %(host)s is unknown: check the server address for typing errors.",
+                    host=host)
+            if error.kind == "tls":
+                return self.env._(
+                    "The certificate of %(host)s is not trusted: paste your company's CA certificate under "
+                    "Trusted CA certificates (for Office 365, ask your administrator to set the CA bundle "
+                    "in Settings).", host=host)
+            if error.kind == "timeout":
+                return self.env._(
+                    "%(host)s did not answer in time: try again later, or check that the Odoo server can "
+                    "reach it.", host=host)
+            return self.env._(
+                "%(host)s could not be reached: check the server address and that the server is running "
+                "and reachable from the Odoo server.", host=host)
+        if isinstance(error, ThrottledError):
+            return self.env._(
+                "Microsoft is throttling this mailbox at the moment: try again in a few minutes.")
+        if isinstance(error, TimeBudgetExceeded):
+            return self.env._("The mailbox answered too slowly to finish in time: try again later.")
+        return self.env._("Microsoft refused the request (%(code)s): %(message)s",
+                          code=error.code or "error", message=error.message)

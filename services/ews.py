@@ -471,7 +471,8 @@ class EwsBackend(MailboxBackend):
                 text = str(exc)
                 if AccountVerifyAdapter.last_status() == 401:
                     raise self._bad_credentials() from exc
-                kind = "tls" if ("CERTIFICATE" in text or "SSL" in text) else "refused"
+                # exchangelib re-raises requests' errors (an unknown host among them) as TransportError.
+                kind = "tls" if ("CERTIFICATE" in text or "SSL" in text) else connection_problem(exc).kind
                 raise ConnectionProblem(
                     f"EWS at {self.ews_url} unreachable ({kind}): {text[:200]}", kind=kind
                 ) from exc

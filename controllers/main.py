@@ -1,0 +1,67 @@
+import logging
+
+from werkzeug.exceptions import Forbidden
+
+from odoo import http
+from odoo.exceptions import UserError
+from odoo.http import request
+from odoo.tools import consteq
+
+from ..services import ExchangeError
+
+_logger = logging.getLogger(__name__)
+
+# msal's flow (PKCE verifier, nonce, state) stays server-side, in the user's HTTP session;
+# the callback pops it, so an answer can be redeemed once only.
+OAUTH_FLOW_SESSION_KEY = "exchange_connector_oauth_flow"
+
+
+class ExchangeOAuthController(http.Controller):
+    @http.route("/exchange_connector/oauth/start", type="http", auth="user", methods=["GET"])
+    def exchange_oauth_start(self):
+        """Start the current user's Office 365 sign-in and send the browser to Microsoft."""
+        user = request.env.user
+        try:
+            flow = user._exchange_oauth_start()
+        except ExchangeError as exc:
+            return self._error_page(user._exchange_describe_error(exc))
+        except UserError as exc:
+            return self._error_page(exc.args[0])
+        request.session[OAUTH_FLOW_SESSION_KEY] = flow
+        return request.redirect(flow["auth_uri"], local=False)
+
+    @http.route("/exchange_connector/oauth/callback", type="http", auth="user", methods=["GET"])
+    def exchange_oauth_callback(self, state=None, error=None, error_description=None, **kwargs):
+        """Where Microsoft sends the browser back: check the state, redeem the code, store the tokens."""
+        user = request.env.user
+        if not user._exchange_oauth_state_is_valid(state):
+            _logger.warning("Office 365 sign-in answer refused for %s: state forged or of another user",
+                            user.login)
+            raise Forbidden()
+        flow = request.session.pop(OAUTH_FLOW_SESSION_KEY, None)
+        if not flow or not consteq(flow.get("state") or "", state):
+            _logger.warning("Office 365 sign-in answer refused for %s: no sign-in pending (replayed?)",
+                            user.login)
+            raise Forbidden()
+        if error:
+            _logger.warning("Office 365 sign-in of %s failed at Microsoft: %s %s", user.login, error,
+                            (error_description or "").splitlines()[0] if error_description else "")
+            return self._error_page(request.env._(
+                "Microsoft did not sign you in (%(error)s): click Connect to try again.", error=error))
+        try:
+            user._exchange_oauth_finish(flow, dict(kwargs, state=state))
+        except ExchangeError as exc:
+            return self._error_page(user._exchange_describe_error(exc))
+        except UserError as exc:
+            return self._error_page(exc.args[0])
+        return request.redirect(self._preferences_url())
+
+    def _preferences_url(self):
+        # Always a fixed internal page: nothing from the request decides where the browser goes.
+        return f"/odoo/my-preferences/{request.env.user.id}"
+
+    def _error_page(self, message):
+        return request.render("exchange_connector.oauth_error", {
+            "error": message,
+            "redirect_url": self._preferences_url(),
+        }, status=400)

@@ -1,0 +1,105 @@
+import logging
+from datetime import timedelta
+
+from odoo import api, fields, models
+
+from ..services import TimeBudgetExceeded
+
+_logger = logging.getLogger(__name__)
+
+SYNC_KINDS = [
+    ("mails", "Mails"),
+    ("events", "Events"),
+    ("contacts", "Contacts"),
+    ("connection", "Connection"),
+]
+DEFAULT_RUN_RETENTION_DAYS = 30
+
+
+class ExchangeSyncRun(models.Model):
+    """One sync of one kind for one user: what users and administrators look at.
+
+    Shaped like ``queue.job`` in OCA/queue_job: a state, when it started and ended, what it did
+    and, when it failed, the exception and Microsoft's own error code and request id.
+    """
+
+    _name = "exchange.sync.run"
+    _description = "Exchange sync run"
+    _order = "date_started desc, id desc"
+
+    user_id = fields.Many2one(
+        "res.users", "User", required=True, ondelete="cascade", index=True, readonly=True)
+    kind = fields.Selection(SYNC_KINDS, required=True, readonly=True)
+    trigger = fields.Selection(
+        [("cron", "Scheduled"), ("manual", "Manual")], required=True, default="cron", readonly=True)
+    state = fields.Selection(
+        [
+            ("started", "Started"),
+            ("done", "Done"),
+            ("partial", "Partial"),
+            ("failed", "Failed"),
+        ],
+        required=True, default="started", index=True, readonly=True,
+        help="Partial: the run's time budget ended; the next run continues where this one stopped.")
+    date_started = fields.Datetime("Started", required=True, default=fields.Datetime.now, readonly=True)
+    date_done = fields.Datetime("Ended", readonly=True)
+    duration = fields.Float("Duration (s)", compute="_compute_duration", digits=(16, 1))
+    count_created = fields.Integer("Created", readonly=True)
+    count_updated = fields.Integer("Updated", readonly=True)
+    count_deleted = fields.Integer("Deleted", readonly=True)
+    count_skipped = fields.Integer("Skipped", readonly=True)
+    count_failed = fields.Integer("Failed", readonly=True)
+    exc_name = fields.Char("Exception", readonly=True)
+    exc_message = fields.Text("Error message", readonly=True)
+    error_code = fields.Char(
+        "Microsoft error code", readonly=True,
+        help="The code Microsoft answered with (Graph error.code, EWS ResponseCode or OAuth error).")
+    request_id = fields.Char(
+        "Microsoft request id", readonly=True,
+        help="Give it to Microsoft support to find the request in their logs.")
+
+    @api.depends("date_started", "date_done")
+    def _compute_duration(self):
+        for run in self:
+            if run.date_started and run.date_done:
+                run.duration = (run.date_done - run.date_started).total_seconds()
+            else:
+                run.duration = 0.0
+
+    @api.depends("kind", "user_id", "date_started")
+    def _compute_display_name(self):
+        kinds = dict(self._fields["kind"]._description_selection(self.env))
+        for run in self:
+            run.display_name = f"{kinds.get(run.kind, run.kind)} — {run.user_id.name or ''}"
+
+    @api.model
+    def _start(self, user, kind, trigger="cron"):
+        """Create the run record of a sync that begins now (as superuser: users only read their runs)."""
+        return self.sudo().create({"user_id": user.id, "kind": kind, "trigger": trigger})
+
+    def _count(self, **counts):
+        """Add to the counters, e.g. ``run._count(skipped=len(page.items))``."""
+        self.ensure_one()
+        self.write({f"count_{name}": self[f"count_{name}"] + value for name, value in counts.items()})
+
+    def _finish(self, error=None):
+        """Close the run: done without ``error``; partial for a spent time budget; failed otherwise."""
+        self.ensure_one()
+        values = {"date_done": fields.Datetime.now(), "state": "done"}
+        if error is not None:
+            values.update(
+                state="partial" if isinstance(error, TimeBudgetExceeded) else "failed",
+                exc_name=type(error).__name__,
+                exc_message=str(error),
+                error_code=getattr(error, "code", None) or getattr(error, "kind", None) or False,
+                request_id=getattr(error, "request_id", None) or False,
+            )
+        self.write(values)
+
+    @api.autovacuum
+    def _gc_old_runs(self):
+        """Forget runs older than ``exchange_connector.sync_run_retention_days`` (30 by default)."""
+        days = self.env["res.users"]._exchange_param_int(
+            "sync_run_retention_days", DEFAULT_RUN_RETENTION_DAYS)
+        limit = fields.Datetime.now() - timedelta(days=days)
+        self.sudo().search([("date_started", "<", limit), ("state", "!=", "started")]).unlink()

@@ -1,0 +1,238 @@
+import html
+import os
+import re
+from urllib.parse import parse_qsl, urlsplit
+
+from odoo import tools
+from odoo.exceptions import UserError
+from odoo.tests import TransactionCase, new_test_user, tagged
+
+from odoo.addons.exchange_connector.services import AuthenticationError, RemoteMailbox
+from odoo.addons.exchange_connector.services.auth import GraphOAuth, new_http_session
+from odoo.addons.exchange_connector.simulator import Tenant
+
+CLIENT_ID = "6d1c1f4e-5a7b-4f38-9c51-0e7f3a2b9d11"
+CLIENT_SECRET = "seam-test-secret"
+REDIRECT_URI = "https://odoo.test/exchange_connector/oauth/callback"
+PASSWORD = "Passw0rd!"
+MIME = (b"From: Sender <sender@example.org>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        b"Message-ID: <{subject}@example.org>\r\nDate: Mon, 02 Nov 2026 10:00:00 +0000\r\n\r\nHello\r\n")
+
+
+class ExchangeTenantMixin:
+    """A local Microsoft tenant for the class, with the company settings pointing at it.
+
+    Not a TestCase: test modules import it without the runner collecting it twice.
+    """
+
+    @classmethod
+    def _request_handler(cls, session, request, /, **kwargs):
+        # Odoo's guard against external requests compares the timeout with a number; the
+        # backends give requests a (connect, read) pair.
+        if isinstance(kwargs.get("timeout"), tuple):
+            kwargs["timeout"] = max(kwargs["timeout"])
+        return super()._request_handler(session, request, **kwargs)
+
+    @classmethod
+    def start_tenant(cls, env=None):
+        """Serve the tenant for the class; with ``env``, point the company settings at it."""
+        cls.tenant = Tenant()
+        cls.tenant.serve()
+        cls.addClassCleanup(cls.tenant.stop)
+        cls.tenant.register_app(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])
+        if env is not None:
+            cls.configure_company(env)
+
+    @classmethod
+    def configure_company(cls, env):
+        params = env["ir.config_parameter"].sudo()
+        for key, value in {
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "authority_host": cls.tenant.base_url,
+            "tenant_id": cls.tenant.tenant_id,
+            "graph_url": cls.tenant.graph_url,
+            "ca_bundle_path": cls.tenant.ca_path,
+        }.items():
+            params.set_param(f"exchange_connector.{key}", value)
+
+    @classmethod
+    def tenant_ca_pem(cls):
+        with open(cls.tenant.ca_path, encoding="ascii") as handle:
+            return handle.read()
+
+    @classmethod
+    def new_remote_mailbox(cls, name):
+        return cls.tenant.store.add_mailbox(f"{name}@contoso.test", name.title(), password=PASSWORD)
+
+    @classmethod
+    def ews_user(cls, env, name, password=PASSWORD, **values):
+        """An internal user with an on-premises mailbox in the tenant, trusted through its CA in PEM."""
+        remote = cls.new_remote_mailbox(name)
+        settings = {
+            "exchange_account_type": "ews", "exchange_email": remote.email,
+            "exchange_ews_url": cls.tenant.ews_url, "exchange_ews_username": remote.email,
+            "exchange_ews_password": password, "exchange_ews_auth": "ntlm",
+            "exchange_verify_tls": True, "exchange_ca_bundle": cls.tenant_ca_pem(),
+        }
+        user = new_test_user(env, login=f"{name}.s6", name=name.title(), **dict(settings, **values))
+        return user, remote
+
+    @classmethod
+    def graph_user(cls, env, name, **values):
+        """An internal user with an Office 365 mailbox, signed in through the tenant's browser flow."""
+        remote = cls.new_remote_mailbox(name)
+        user = new_test_user(
+            env, login=f"{name}.s6", name=name.title(), exchange_account_type="graph",
+            exchange_email=remote.email,
+            **values)
+        user.exchange_token_cache = cls.sign_in(remote.email)
+        return user, remote
+
+    @classmethod
+    def sign_in(cls, email, password=PASSWORD):
+        """Run the real authorization-code flow against the tenant; return msal's token cache blob."""
+        oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, cls.tenant.authority, verify=cls.tenant.ca_path)
+        flow = oauth.start_sign_in(REDIRECT_URI, login_hint=email)
+        browser = new_http_session(cls.tenant.ca_path)
+        try:
+            answer = browser.post(flow["auth_uri"], data={"login": email, "password": password},
+                                  allow_redirects=False, timeout=10)
+        finally:
+            browser.close()
+        if answer.status_code in (302, 303):
+            fields = dict(parse_qsl(urlsplit(answer.headers["Location"]).query))
+        else:
+            # response_mode=form_post: the auto-submitting form a browser would POST to the redirect URI.
+            fields = {name: html.unescape(value) for name, value in
+                      re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)"', answer.text)}
+        assert "code" in fields, answer.text[:300]
+        return oauth.finish_sign_in(flow, fields).cache_blob
+
+    def refused_sign_in(self, user):
+        """The AuthenticationError of a whoami() through the seam.
+
+        Not ``assertRaises``: in Odoo tests it rolls back to a savepoint, and with it the
+        failure count the seam just recorded.
+        """
+        try:
+            with user._exchange_backend() as backend:
+                backend.whoami()
+        except AuthenticationError as error:
+            return error
+        raise AssertionError(f"{user.login} signed in")
+
+
+@tagged("post_install", "-at_install")
+class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.start_tenant(cls.env)
+
+    def setUp(self):
+        super().setUp()
+        self.tenant.knobs.reset()
+        self.tenant.request_log.clear()
+
+    def test_ews_backend_trusts_the_users_own_ca_and_connects_the_mailbox(self):
+        user, remote = self.ews_user(self.env, "erika")
+        with user._exchange_backend() as backend:
+            self.assertEqual(backend.whoami().email.lower(), remote.email.lower())
+            self.assertTrue(backend.config.service_endpoint.startswith(self.tenant.base_url))
+        pem_path = user._exchange_ews_verify()
+        ca_folder = os.path.join(tools.config["data_dir"], "exchange_connector", "ca")
+        self.assertTrue(pem_path.startswith(ca_folder))
+        with open(pem_path, encoding="ascii") as handle:
+            self.assertEqual(handle.read().strip(), self.tenant_ca_pem().strip())
+        self.assertTrue(self.tenant.request_log.count(protocol="ews", mailbox=remote.email))
+        mailbox = user._exchange_mailbox()
+        self.assertEqual(mailbox.state, "connected", "working credentials start the sync")
+        self.assertEqual(mailbox.connected_email, remote.email)
+        self.assertEqual(user.with_user(user).exchange_state, "connected", "the owner reads their status")
+
+    def test_ews_verify_off_and_system_cas(self):
+        user, _remote = self.ews_user(self.env, "vera", exchange_ca_bundle=False)
+        self.assertIs(user._exchange_ews_verify(), True)
+        user.exchange_verify_tls = False
+        self.assertIs(user._exchange_ews_verify(), False)
+
+    def test_graph_seam_persists_the_rotated_refresh_token(self):
+        # Tokens living 60 s are "expired" for msal (5 min margin): every use refreshes, and the
+        # tenant accepts each refresh token once. The second use works only if the first one's
+        # rotated cache was saved.
+        remote = self.new_remote_mailbox("greta")
+        self.tenant.knobs.set(remote.email, token_lifetime_seconds=60)
+        user = new_test_user(self.env, login="greta.s6", name="Greta", exchange_account_type="graph",
+                             exchange_email=remote.email)
+        user.exchange_token_cache = self.sign_in(remote.email)
+        self.assertEqual(user._exchange_mailbox().state, "connected", "a stored sign-in connects the mailbox")
+        caches = [user.exchange_token_cache]
+        for _attempt in range(2):
+            with user._exchange_backend() as backend:
+                self.assertEqual(backend.whoami(), RemoteMailbox(remote.email, "Greta"))
+            caches.append(user.exchange_token_cache)
+        self.assertEqual(len(set(caches)), 3, "each refresh rotated the stored cache")
+        self.assertEqual(
+            self.tenant.request_log.count(endpoint="/v1.0/me", mailbox=remote.email, status=200), 2)
+        self.assertEqual(user._exchange_mailbox().auth_failures, 0)
+
+    def test_lockout_after_repeated_password_failures_stops_all_requests(self):
+        user, remote = self.ews_user(self.env, "lars", password="wrong-password")
+        user._exchange_mark_connected(remote.email)
+        for attempt in range(1, 4):
+            self.assertEqual(self.refused_sign_in(user).kind, "password")
+            self.assertEqual(user._exchange_mailbox().auth_failures, attempt)
+        mailbox = user._exchange_mailbox()
+        self.assertEqual(mailbox.state, "auth_failed")
+        self.assertEqual(user.exchange_state, "auth_failed")
+        self.assertIn("password", user.exchange_last_error)
+        notice = self.env["mail.message"].search([("partner_ids", "in", user.partner_id.ids)])
+        self.assertEqual(len(notice), 1)
+        self.assertIn("Correct them in your preferences", str(notice.body))
+
+        # Refused requests carry no mailbox in the log (Exchange never learnt who it was): count them all.
+        served = len(self.tenant.request_log.entries)
+        with self.assertRaisesRegex(UserError, "authentication failed — reconnect"), user._exchange_backend():
+            pass
+        self.assertEqual(len(self.tenant.request_log.entries), served,
+                         "a locked mailbox never reaches Exchange")
+
+        # What the preferences do once the user corrected the password.
+        user._exchange_reset_lockout()
+        user.exchange_ews_password = PASSWORD
+        with user._exchange_backend() as backend:
+            backend.whoami()
+        self.assertEqual(mailbox.state, "connected")
+        self.assertEqual(mailbox.auth_failures, 0)
+
+    def test_revoked_sign_in_locks_at_the_configured_limit_and_asks_to_reconnect(self):
+        self.env["ir.config_parameter"].sudo().set_param("exchange_connector.max_auth_failures", 2)
+        remote = self.new_remote_mailbox("rita")
+        self.tenant.knobs.set(remote.email, token_lifetime_seconds=60)
+        user = new_test_user(self.env, login="rita.s6", name="Rita", exchange_account_type="graph",
+                             exchange_email=remote.email)
+        user.exchange_token_cache = self.sign_in(remote.email)
+        self.tenant.identity.revoke(remote.email)
+        for _attempt in range(2):
+            self.assertEqual(self.refused_sign_in(user).kind, "invalid_grant")
+        mailbox = user._exchange_mailbox()
+        self.assertEqual((mailbox.state, mailbox.last_error_code), ("auth_failed", "invalid_grant"))
+        notice = self.env["mail.message"].search([("partner_ids", "in", user.partner_id.ids)])
+        self.assertIn("click Connect to sign in again", str(notice.body))
+        self.tenant.request_log.clear()
+        with self.assertRaises(UserError), user._exchange_backend():
+            pass
+        self.assertFalse(self.tenant.request_log.entries, "not even the identity platform is asked")
+        # Signing in again (what the Connect button stores) restarts syncing.
+        user.exchange_token_cache = self.sign_in(remote.email)
+        self.assertEqual((mailbox.state, mailbox.auth_failures), ("connected", 0))
+
+    def test_disconnect_stops_syncing_and_forgets_states(self):
+        user, remote = self.graph_user(self.env, "dora")
+        mailbox = user._exchange_mailbox()
+        mailbox.mails_in_state = "https://example.invalid/delta?token=1"
+        user.exchange_token_cache = False
+        self.assertEqual(mailbox.state, "not_connected")
+        self.assertFalse(mailbox.mails_in_state)
+        self.assertFalse(mailbox.filtered_domain(mailbox._due_domain()))
