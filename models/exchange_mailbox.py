@@ -118,28 +118,20 @@ class ExchangeMailbox(models.Model):
         if lock_out:
             _logger.warning("Exchange mailbox of user %s locked after %d sign-in failures (%s)",
                             self.user_id.login, failures, error.code or error.kind)
-            self._exchange_notify_lockout(error)
+            self._exchange_notify_user(error, self.env._(
+                "The synchronisation of your mailbox is paused after %(count)s failed sign-ins.",
+                count=failures))
+        elif failures == 1 and error.kind == "invalid_grant":
+            # Microsoft has said the refresh token is expired or revoked: no retry can succeed, so
+            # the user hears it now rather than only once the lockout stops the synchronisation.
+            self._exchange_notify_user(error, self.env._(
+                "Microsoft no longer accepts the sign-in of your mailbox; the synchronisation stops "
+                "after %(count)s failed attempts unless you reconnect.", count=limit))
 
-    def _exchange_notify_lockout(self, error):
-        if error.kind in ("invalid_grant", "no_account", "token", "state"):
-            advice = self.env._(
-                "Microsoft no longer accepts the connector's sign-in to your mailbox (it expired or was "
-                "revoked). Open your preferences, tab Office 365 / Exchange, and click Connect to sign in "
-                "again.")
-        elif error.kind == "password":
-            advice = self.env._(
-                "Exchange rejected your user name or password. Correct them in your preferences, tab "
-                "Office 365 / Exchange: the synchronisation resumes as soon as you save them.")
-        else:
-            advice = self.env._(
-                "Microsoft refused the connector's application (missing consent or a wrong secret). Ask "
-                "your administrator to check the Office 365 settings, then reconnect in your preferences.")
+    def _exchange_notify_user(self, error, situation):
+        """An inbox notification to the mailbox's user: what happened and what to do about it."""
         body = Markup("<p>%s</p><p>%s</p><p><small>%s</small></p>") % (
-            self.env._("The synchronisation of your mailbox is paused after %(count)s failed sign-ins.",
-                       count=self.auth_failures),
-            advice,
-            str(error),
-        )
+            situation, self._exchange_error_text(error), str(error))
         self.env["mail.thread"].sudo().message_notify(
             model="res.users",
             res_id=self.user_id.id,
@@ -441,9 +433,14 @@ class ResUsers(models.Model):
         """Forget the failed sign-ins: the connector uses the (new) credentials again at the next run."""
         mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", self.ids)])
         mailboxes.filtered("auth_failures").auth_failures = 0
-        mailboxes.filtered(lambda mailbox: mailbox.state == "auth_failed").write({
-            "state": "connected", "next_sync": fields.Datetime.now(),
-        })
+        for mailbox in mailboxes.filtered(lambda mailbox: mailbox.state == "auth_failed"):
+            user = mailbox.user_id
+            # An Office 365 mailbox without a stored sign-in has nothing to try until Connect.
+            usable = user.exchange_account_type == "ews" or bool(user.exchange_token_cache)
+            mailbox.write({
+                "state": "connected" if usable else "not_connected",
+                "next_sync": fields.Datetime.now() if usable else False,
+            })
 
     # -- THE seam to Microsoft ------------------------------------------------
 

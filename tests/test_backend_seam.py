@@ -189,7 +189,8 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
         self.assertIn("password", user.exchange_last_error)
         notice = self.env["mail.message"].search([("partner_ids", "in", user.partner_id.ids)])
         self.assertEqual(len(notice), 1)
-        self.assertIn("Correct them in your preferences", str(notice.body))
+        self.assertIn("paused after 3 failed sign-ins", str(notice.body))
+        self.assertIn("correct them under Office 365 / Exchange", str(notice.body))
 
         # Refused requests carry no mailbox in the log (Exchange never learnt who it was): count them all.
         served = len(self.tenant.request_log.entries)
@@ -214,12 +215,18 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
                              exchange_email=remote.email)
         user.exchange_token_cache = self.sign_in(remote.email)
         self.tenant.identity.revoke(remote.email)
-        for _attempt in range(2):
-            self.assertEqual(self.refused_sign_in(user).kind, "invalid_grant")
+        notices = self.env["mail.message"].search
+        self.assertEqual(self.refused_sign_in(user).kind, "invalid_grant")
         mailbox = user._exchange_mailbox()
+        self.assertEqual(mailbox.state, "connected", "one refusal does not lock the mailbox yet")
+        warning = notices([("partner_ids", "in", user.partner_id.ids)])
+        self.assertEqual(len(warning), 1, "Microsoft's invalid_grant is passed on before the lockout")
+        self.assertIn("stops after 2 failed attempts unless you reconnect", str(warning.body))
+        self.assertEqual(self.refused_sign_in(user).kind, "invalid_grant")
         self.assertEqual((mailbox.state, mailbox.last_error_code), ("auth_failed", "invalid_grant"))
-        notice = self.env["mail.message"].search([("partner_ids", "in", user.partner_id.ids)])
-        self.assertIn("click Connect to sign in again", str(notice.body))
+        lockout = notices([("partner_ids", "in", user.partner_id.ids), ("id", "not in", warning.ids)])
+        self.assertIn("paused after 2 failed sign-ins", str(lockout.body))
+        self.assertIn("click Connect and sign in again", str(lockout.body))
         self.tenant.request_log.clear()
         with self.assertRaises(UserError), user._exchange_backend():
             pass
@@ -227,6 +234,15 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
         # Signing in again (what the Connect button stores) restarts syncing.
         user.exchange_token_cache = self.sign_in(remote.email)
         self.assertEqual((mailbox.state, mailbox.auth_failures), ("connected", 0))
+
+    def test_lifting_a_lockout_leaves_an_office365_mailbox_without_sign_in_not_connected(self):
+        user, _remote = self.graph_user(self.env, "lena")
+        mailbox = user._exchange_mailbox()
+        mailbox.write({"state": "auth_failed", "auth_failures": 3})
+        user.with_context(exchange_token_rotation=True).exchange_token_cache = False
+        user._exchange_reset_lockout()
+        self.assertEqual((mailbox.state, mailbox.auth_failures), ("not_connected", 0))
+        self.assertFalse(mailbox.filtered_domain(mailbox._due_domain()), "nothing to sync until Connect")
 
     def test_disconnect_stops_syncing_and_forgets_states(self):
         user, remote = self.graph_user(self.env, "dora")
