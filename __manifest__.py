@@ -22,6 +22,9 @@
     ],
     "demo": [],
     "assets": {
+        "web.assets_backend": [
+            "exchange_connector/static/src/discuss/*",
+        ],
         "web.assets_tests": [
             "exchange_connector/static/tests/tours/*.js",
         ],

@@ -409,3 +409,26 @@ class ResUsers(models.Model):
             return self.env._("The mailbox answered too slowly to finish in time: try again later.")
         return self.env._("Microsoft refused the request (%(code)s): %(message)s",
                           code=error.code or "error", message=error.message)
+
+    # -- Discuss: the sidebar's "Office 365 / Exchange" entry ----------------
+
+    @api.model
+    def exchange_sync_summary(self):
+        """The current user's mailbox as the Discuss sidebar shows it, in one cheap call.
+
+        ``{"configured": False}`` without a mailbox; otherwise ``state`` (not_connected |
+        connected | auth_failed), ``sync_requested``, ``last_sync`` (UTC string or False) and
+        ``last_error``. Always about the caller: nothing here reveals another user's mailbox.
+        """
+        user = self.env.user
+        if user.share or not user.exchange_account_type:
+            return {"configured": False}
+        mailbox = self.env["exchange.mailbox"].sudo().search([("user_id", "=", user.id)], limit=1)
+        last_sync = mailbox.last_sync_done
+        return {
+            "configured": True,
+            "state": mailbox.state or "not_connected",
+            "sync_requested": mailbox.sync_requested,
+            "last_sync": fields.Datetime.to_string(last_sync) if last_sync else False,
+            "last_error": mailbox.last_error or False,
+        }

@@ -5,3 +5,4 @@ from . import test_connection
 from . import test_backend_seam
 from . import test_binding
 from . import test_scheduler
+from . import test_discuss_sync
