@@ -47,7 +47,8 @@ class ResConfigSettings(models.TransientModel):
                 raise ValidationError(self.env._("The minimum sync interval must be at least 1 minute."))
             if settings.exchange_default_sync_interval < settings.exchange_min_sync_interval:
                 raise ValidationError(self.env._(
-                    "The default sync interval (%(default)s min) cannot be below the minimum (%(minimum)s min).",
+                    "The default sync interval (%(default)s min) cannot be below the minimum "
+                    "(%(minimum)s min).",
                     default=settings.exchange_default_sync_interval,
                     minimum=settings.exchange_min_sync_interval,
                 ))

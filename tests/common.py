@@ -1,4 +1,14 @@
+import html
+import json
+import re
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
 from odoo.tests import new_test_user
+from odoo.tests.common import _super_send
+
+from odoo.addons.exchange_connector.services import AuthenticationError
+from odoo.addons.exchange_connector.services.auth import GraphOAuth, new_http_session
+from odoo.addons.exchange_connector.simulator import Tenant
 
 
 def create_mailbox_users(env):
@@ -16,3 +26,144 @@ def create_mailbox_users(env):
     anna.sudo().exchange_token_cache = '{"RefreshToken": {"anna": "rt-secret"}}'
     marco.sudo().exchange_token_cache = '{"RefreshToken": {"marco": "rt-secret"}}'
     return anna, marco
+
+
+CLIENT_ID = "5e1f0c4a-odoo-exchange-connector"
+CLIENT_SECRET = "odoo~test~secret"
+#: A redirect URI for sign-ins that bypass Odoo's controller (tests of later steps).
+DIRECT_REDIRECT_URI = "https://odoo.test/exchange_connector/oauth/callback"
+PASSWORD = "Passw0rd!"
+TOKEN_ENDPOINT = "/{tenant}/oauth2/v2.0/token"
+
+
+class ExchangeTenantMixin:
+    """A real local Microsoft tenant over HTTPS for the test class, and the company pointed at it.
+
+    Not a TestCase: test modules combine it with TransactionCase or HttpCase. Call
+    ``cls.start_tenant(cls.env)`` in setUpClass (without ``env`` the company settings are left
+    alone, for tests that must commit them themselves).
+    """
+
+    @classmethod
+    def _request_handler(cls, session, prepared_request, /, **kwargs):
+        # Odoo's guard against external requests compares the timeout with a number, while
+        # services/ gives requests a (connect, read) pair. The tenant is on the loopback, and
+        # ".invalid" names never resolve (RFC 6761): nothing leaves the machine.
+        host = urlsplit(prepared_request.url).hostname or ""
+        if host in ("127.0.0.1", "localhost") or host.endswith(".invalid"):
+            return _super_send(session, prepared_request, **kwargs)
+        return super()._request_handler(session, prepared_request, **kwargs)
+
+    @classmethod
+    def start_tenant(cls, env=None, scenario=None):
+        cls.tenant = Tenant.start(scenario=scenario)
+        cls.addClassCleanup(cls.tenant.stop)
+        base_url = (env or cls.env)["ir.config_parameter"].sudo().get_param("web.base.url")
+        cls.redirect_uri = f"{base_url}/exchange_connector/oauth/callback"
+        cls.tenant.register_app(CLIENT_ID, CLIENT_SECRET, [cls.redirect_uri, DIRECT_REDIRECT_URI])
+        if env is not None:
+            cls.configure_company(env)
+
+    @classmethod
+    def configure_company(cls, env):
+        params = env["ir.config_parameter"].sudo()
+        for key, value in {
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "authority_host": cls.tenant.base_url,
+            "tenant_id": cls.tenant.tenant_id,
+            "graph_url": cls.tenant.graph_url,
+            "ca_bundle_path": cls.tenant.ca_path,
+        }.items():
+            params.set_param(f"exchange_connector.{key}", value)
+
+    @classmethod
+    def tenant_ca_pem(cls):
+        with open(cls.tenant.ca_path, encoding="ascii") as handle:
+            return handle.read()
+
+    @classmethod
+    def new_remote_mailbox(cls, name):
+        return cls.tenant.store.add_mailbox(f"{name}@contoso.test", name.title(), password=PASSWORD)
+
+    @classmethod
+    def ews_user(cls, env, name, password=PASSWORD, **values):
+        """An internal user with an on-premises mailbox in the tenant, trusted through its CA in PEM."""
+        remote = cls.new_remote_mailbox(name)
+        settings = {
+            "exchange_account_type": "ews", "exchange_email": remote.email,
+            "exchange_ews_url": cls.tenant.ews_url, "exchange_ews_username": remote.email,
+            "exchange_ews_password": password, "exchange_ews_auth": "ntlm",
+            "exchange_verify_tls": True, "exchange_ca_bundle": cls.tenant_ca_pem(),
+        }
+        user = new_test_user(env, login=f"{name}.test", name=name.title(), **dict(settings, **values))
+        return user, remote
+
+    @classmethod
+    def graph_user(cls, env, name, **values):
+        """An internal user with an Office 365 mailbox, signed in through the tenant's browser flow."""
+        remote = cls.new_remote_mailbox(name)
+        user = new_test_user(
+            env, login=f"{name}.test", name=name.title(), exchange_account_type="graph",
+            exchange_email=remote.email, **values)
+        user.exchange_token_cache = cls.sign_in(remote.email)
+        return user, remote
+
+    @classmethod
+    def sign_in(cls, email, password=PASSWORD):
+        """Run the real authorization-code flow against the tenant; return msal's token cache blob."""
+        oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, cls.tenant.authority, verify=cls.tenant.ca_path)
+        flow = oauth.start_sign_in(DIRECT_REDIRECT_URI, login_hint=email)
+        browser = new_http_session(cls.tenant.ca_path)
+        try:
+            answer = browser.post(flow["auth_uri"], data={"login": email, "password": password},
+                                  allow_redirects=False, timeout=10)
+        finally:
+            browser.close()
+        if answer.status_code in (302, 303):
+            fields = dict(parse_qsl(urlsplit(answer.headers["Location"]).query))
+        else:
+            # response_mode=form_post: the auto-submitting form a browser would POST to the redirect URI.
+            fields = {name: html.unescape(value) for name, value in
+                      re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)"', answer.text)}
+        assert "code" in fields, answer.text[:300]
+        return oauth.finish_sign_in(flow, fields).cache_blob
+
+    def tenant_session(self):
+        """A browser stand-in for the Microsoft sign-in page (trusts only the tenant's CA)."""
+        session = new_http_session(self.tenant.ca_path)
+        self.addCleanup(session.close)
+        return session
+
+    def sign_in_at_microsoft(self, auth_uri, login, password=PASSWORD):
+        """Fill the tenant's login form; return the URL it sends the browser back to."""
+        answer = self.tenant_session().post(
+            auth_uri, data={"login": login, "password": password}, allow_redirects=False)
+        self.assertEqual(answer.status_code, 302, answer.text[:500])
+        return answer.headers["Location"]
+
+    def connect_without_browser(self, user, login=None):
+        """Connect ``user`` through the model API (what the controller does), for tests of later steps."""
+        user = user.with_user(user)
+        flow = user._exchange_oauth_start()
+        back = urlsplit(self.sign_in_at_microsoft(flow["auth_uri"], login=login or user.exchange_email))
+        params = {key: values[0] for key, values in parse_qs(back.query).items()}
+        user._exchange_oauth_finish(flow, params)
+        user.env.invalidate_all()
+
+    @staticmethod
+    def refresh_tokens(cache_blob):
+        return {entry["secret"] for entry in json.loads(cache_blob).get("RefreshToken", {}).values()}
+
+    def refused_sign_in(self, user):
+        """The AuthenticationError of a whoami() through the seam.
+
+        Not ``assertRaises``: in Odoo tests it rolls back to a savepoint, and with it the
+        failure count the seam just recorded.
+        """
+        try:
+            with user._exchange_backend() as backend:
+                backend.whoami()
+        except AuthenticationError as error:
+            return error
+        raise AssertionError(f"{user.login} signed in")

@@ -1,126 +1,15 @@
-import html
 import os
-import re
-from urllib.parse import parse_qsl, urlsplit
 
 from odoo import tools
 from odoo.exceptions import UserError
 from odoo.tests import TransactionCase, new_test_user, tagged
 
-from odoo.addons.exchange_connector.services import AuthenticationError, RemoteMailbox
-from odoo.addons.exchange_connector.services.auth import GraphOAuth, new_http_session
-from odoo.addons.exchange_connector.simulator import Tenant
+from odoo.addons.exchange_connector.services import RemoteMailbox
 
-CLIENT_ID = "6d1c1f4e-5a7b-4f38-9c51-0e7f3a2b9d11"
-CLIENT_SECRET = "seam-test-secret"
-REDIRECT_URI = "https://odoo.test/exchange_connector/oauth/callback"
-PASSWORD = "Passw0rd!"
+from .common import PASSWORD, ExchangeTenantMixin
+
 MIME = (b"From: Sender <sender@example.org>\r\nTo: {to}\r\nSubject: {subject}\r\n"
         b"Message-ID: <{subject}@example.org>\r\nDate: Mon, 02 Nov 2026 10:00:00 +0000\r\n\r\nHello\r\n")
-
-
-class ExchangeTenantMixin:
-    """A local Microsoft tenant for the class, with the company settings pointing at it.
-
-    Not a TestCase: test modules import it without the runner collecting it twice.
-    """
-
-    @classmethod
-    def _request_handler(cls, session, request, /, **kwargs):
-        # Odoo's guard against external requests compares the timeout with a number; the
-        # backends give requests a (connect, read) pair.
-        if isinstance(kwargs.get("timeout"), tuple):
-            kwargs["timeout"] = max(kwargs["timeout"])
-        return super()._request_handler(session, request, **kwargs)
-
-    @classmethod
-    def start_tenant(cls, env=None):
-        """Serve the tenant for the class; with ``env``, point the company settings at it."""
-        cls.tenant = Tenant()
-        cls.tenant.serve()
-        cls.addClassCleanup(cls.tenant.stop)
-        cls.tenant.register_app(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])
-        if env is not None:
-            cls.configure_company(env)
-
-    @classmethod
-    def configure_company(cls, env):
-        params = env["ir.config_parameter"].sudo()
-        for key, value in {
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "authority_host": cls.tenant.base_url,
-            "tenant_id": cls.tenant.tenant_id,
-            "graph_url": cls.tenant.graph_url,
-            "ca_bundle_path": cls.tenant.ca_path,
-        }.items():
-            params.set_param(f"exchange_connector.{key}", value)
-
-    @classmethod
-    def tenant_ca_pem(cls):
-        with open(cls.tenant.ca_path, encoding="ascii") as handle:
-            return handle.read()
-
-    @classmethod
-    def new_remote_mailbox(cls, name):
-        return cls.tenant.store.add_mailbox(f"{name}@contoso.test", name.title(), password=PASSWORD)
-
-    @classmethod
-    def ews_user(cls, env, name, password=PASSWORD, **values):
-        """An internal user with an on-premises mailbox in the tenant, trusted through its CA in PEM."""
-        remote = cls.new_remote_mailbox(name)
-        settings = {
-            "exchange_account_type": "ews", "exchange_email": remote.email,
-            "exchange_ews_url": cls.tenant.ews_url, "exchange_ews_username": remote.email,
-            "exchange_ews_password": password, "exchange_ews_auth": "ntlm",
-            "exchange_verify_tls": True, "exchange_ca_bundle": cls.tenant_ca_pem(),
-        }
-        user = new_test_user(env, login=f"{name}.s6", name=name.title(), **dict(settings, **values))
-        return user, remote
-
-    @classmethod
-    def graph_user(cls, env, name, **values):
-        """An internal user with an Office 365 mailbox, signed in through the tenant's browser flow."""
-        remote = cls.new_remote_mailbox(name)
-        user = new_test_user(
-            env, login=f"{name}.s6", name=name.title(), exchange_account_type="graph",
-            exchange_email=remote.email,
-            **values)
-        user.exchange_token_cache = cls.sign_in(remote.email)
-        return user, remote
-
-    @classmethod
-    def sign_in(cls, email, password=PASSWORD):
-        """Run the real authorization-code flow against the tenant; return msal's token cache blob."""
-        oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, cls.tenant.authority, verify=cls.tenant.ca_path)
-        flow = oauth.start_sign_in(REDIRECT_URI, login_hint=email)
-        browser = new_http_session(cls.tenant.ca_path)
-        try:
-            answer = browser.post(flow["auth_uri"], data={"login": email, "password": password},
-                                  allow_redirects=False, timeout=10)
-        finally:
-            browser.close()
-        if answer.status_code in (302, 303):
-            fields = dict(parse_qsl(urlsplit(answer.headers["Location"]).query))
-        else:
-            # response_mode=form_post: the auto-submitting form a browser would POST to the redirect URI.
-            fields = {name: html.unescape(value) for name, value in
-                      re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)"', answer.text)}
-        assert "code" in fields, answer.text[:300]
-        return oauth.finish_sign_in(flow, fields).cache_blob
-
-    def refused_sign_in(self, user):
-        """The AuthenticationError of a whoami() through the seam.
-
-        Not ``assertRaises``: in Odoo tests it rolls back to a savepoint, and with it the
-        failure count the seam just recorded.
-        """
-        try:
-            with user._exchange_backend() as backend:
-                backend.whoami()
-        except AuthenticationError as error:
-            return error
-        raise AssertionError(f"{user.login} signed in")
 
 
 @tagged("post_install", "-at_install")
@@ -163,7 +52,7 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
         # rotated cache was saved.
         remote = self.new_remote_mailbox("greta")
         self.tenant.knobs.set(remote.email, token_lifetime_seconds=60)
-        user = new_test_user(self.env, login="greta.s6", name="Greta", exchange_account_type="graph",
+        user = new_test_user(self.env, login="greta.test", name="Greta", exchange_account_type="graph",
                              exchange_email=remote.email)
         user.exchange_token_cache = self.sign_in(remote.email)
         self.assertEqual(user._exchange_mailbox().state, "connected", "a stored sign-in connects the mailbox")
@@ -211,7 +100,7 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
         self.env["ir.config_parameter"].sudo().set_param("exchange_connector.max_auth_failures", 2)
         remote = self.new_remote_mailbox("rita")
         self.tenant.knobs.set(remote.email, token_lifetime_seconds=60)
-        user = new_test_user(self.env, login="rita.s6", name="Rita", exchange_account_type="graph",
+        user = new_test_user(self.env, login="rita.test", name="Rita", exchange_account_type="graph",
                              exchange_email=remote.email)
         user.exchange_token_cache = self.sign_in(remote.email)
         self.tenant.identity.revoke(remote.email)

@@ -3,24 +3,23 @@ from odoo.tests import TransactionCase, new_test_user, tagged
 
 from odoo.addons.exchange_connector.services import AuthenticationError
 
-from .test_oauth import ALICE, BOB, PASSWORD, TenantMixin
+from .common import PASSWORD, ExchangeTenantMixin
+from .test_oauth import ALICE, ALICE_AND_BOB, BOB
 
 CAROL = "carol@contoso.example"
 NO_SUCH_HOST_EWS_URL = "https://no-such-host.invalid/EWS/Exchange.asmx"
 
 
 @tagged("post_install", "-at_install")
-class TestExchangeConnectionTest(TenantMixin, TransactionCase):
+class TestExchangeConnectionTest(ExchangeTenantMixin, TransactionCase):
     """Test connection against the real tenant: one sentence per thing that can be wrong."""
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.setUpTenant()
+        cls.start_tenant(cls.env, scenario=ALICE_AND_BOB)
         cls.tenant.seed({"users": [{"email": CAROL, "display_name": "Carol Example", "password": PASSWORD,
                                     "folders": ["Inbox/Transfer In", "Inbox/Transfer Out"]}]})
-        with open(cls.tenant.ca_path) as handle:
-            cls.tenant_ca_pem = handle.read()
         cls.alice = new_test_user(cls.env, login="alice", name="Alice",
                                   exchange_account_type="graph", exchange_email=ALICE)
         # Bob's mailbox has the incoming transfer folder only.
@@ -29,7 +28,7 @@ class TestExchangeConnectionTest(TenantMixin, TransactionCase):
         cls.carol = new_test_user(
             cls.env, login="carol", name="Carol", exchange_account_type="ews", exchange_email=CAROL,
             exchange_ews_url=cls.tenant.ews_url, exchange_ews_username="CONTOSO\\carol",
-            exchange_ews_password=PASSWORD, exchange_ews_auth="ntlm", exchange_ca_bundle=cls.tenant_ca_pem)
+            exchange_ews_password=PASSWORD, exchange_ews_auth="ntlm", exchange_ca_bundle=cls.tenant_ca_pem())
 
     def click_test_connection(self, user):
         """Click Test connection as ``user``; return (notification type, message)."""

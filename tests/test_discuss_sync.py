@@ -2,7 +2,7 @@ from unittest.mock import patch
 
 from odoo.tests import HttpCase, new_test_user, tagged
 
-from .test_backend_seam import ExchangeTenantMixin
+from .common import ExchangeTenantMixin
 
 DISCUSS_URL = "/odoo/discuss"
 
@@ -24,7 +24,7 @@ class TestDiscussSync(ExchangeTenantMixin, HttpCase):
     def connected_ews_user(self, name):
         """An on-premises mailbox connected by a real Test connection, never synced yet.
 
-        The login is ``<name>.s6``, also its password (``name`` of 5 letters or more).
+        The login is ``<name>.test``, also its password (``name`` of 5 letters or more).
         """
         user, remote = self.ews_user(self.env, name)
         user.with_user(user).action_exchange_test_connection()

@@ -1,94 +1,26 @@
-import json
 from urllib.parse import parse_qs, urlsplit
-
-import requests
 
 from odoo.exceptions import AccessError, UserError
 from odoo.tests import HttpCase, new_test_user, tagged
-from odoo.tests.common import _super_send
 
-from odoo.addons.exchange_connector.simulator import Tenant
+from .common import CLIENT_ID, PASSWORD, TOKEN_ENDPOINT, ExchangeTenantMixin
 
-CLIENT_ID = "5e1f0c4a-odoo-exchange-connector"
-CLIENT_SECRET = "odoo~test~secret"
 ALICE = "alice@contoso.example"
 BOB = "bob@contoso.example"
-PASSWORD = "Passw0rd!"
-TOKEN_ENDPOINT = "/{tenant}/oauth2/v2.0/token"
-
-
-class TenantMixin:
-    """A real local tenant over HTTPS for the whole class, set up as the company's Office 365."""
-
-    @classmethod
-    def _request_handler(cls, session, prepared_request, /, **kwargs):
-        # Odoo's own handler cannot compare the (connect, read) timeout tuples services/ uses. The
-        # tenant is on the loopback, and ".invalid" names never resolve (RFC 6761): nothing leaves
-        # the machine.
-        host = urlsplit(prepared_request.url).hostname or ""
-        if host in ("127.0.0.1", "localhost") or host.endswith(".invalid"):
-            return _super_send(session, prepared_request, **kwargs)
-        return super()._request_handler(session, prepared_request, **kwargs)
-
-    @classmethod
-    def setUpTenant(cls):
-        cls.tenant = Tenant.start(scenario={
-            "users": [
-                {"email": ALICE, "display_name": "Alice Example", "password": PASSWORD,
-                 "folders": ["Inbox/Transfer In", "Inbox/Transfer Out"]},
-                {"email": BOB, "display_name": "Bob Example", "password": PASSWORD,
-                 "folders": ["Inbox/Transfer In"]},
-            ],
-        })
-        cls.addClassCleanup(cls.tenant.stop)
-        cls.redirect_uri = cls.env["res.users"].get_base_url() + "/exchange_connector/oauth/callback"
-        cls.tenant.register_app(CLIENT_ID, CLIENT_SECRET, [cls.redirect_uri])
-        config = cls.env["ir.config_parameter"].sudo()
-        for key, value in {
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "tenant_id": cls.tenant.tenant_id,
-            "authority_host": cls.tenant.base_url,
-            "graph_url": cls.tenant.graph_url,
-            "ca_bundle_path": cls.tenant.ca_path,
-        }.items():
-            config.set_param(f"exchange_connector.{key}", value)
-
-    def tenant_session(self):
-        """A browser stand-in for the Microsoft sign-in page (trusts only the tenant's CA)."""
-        session = requests.Session()
-        session.trust_env = False
-        session.verify = self.tenant.ca_path
-        self.addCleanup(session.close)
-        return session
-
-    def sign_in_at_microsoft(self, auth_uri, login=ALICE, password=PASSWORD):
-        """Fill the tenant's login form; return the URL it sends the browser back to."""
-        answer = self.tenant_session().post(
-            auth_uri, data={"login": login, "password": password}, allow_redirects=False)
-        self.assertEqual(answer.status_code, 302, answer.text[:500])
-        return answer.headers["Location"]
-
-    def connect_without_browser(self, user, login=None):
-        """Connect ``user`` through the model API (what the controller does), for tests about later steps."""
-        user = user.with_user(user)
-        flow = user._exchange_oauth_start()
-        back = urlsplit(self.sign_in_at_microsoft(flow["auth_uri"], login=login or user.exchange_email))
-        params = {key: values[0] for key, values in parse_qs(back.query).items()}
-        user._exchange_oauth_finish(flow, params)
-        user.env.invalidate_all()
-
-    @staticmethod
-    def refresh_tokens(cache_blob):
-        return {entry["secret"] for entry in json.loads(cache_blob).get("RefreshToken", {}).values()}
+#: Alice and Bob, with their transfer folders (Bob has the incoming one only).
+ALICE_AND_BOB = {"users": [
+    {"email": ALICE, "display_name": "Alice Example", "password": PASSWORD,
+     "folders": ["Inbox/Transfer In", "Inbox/Transfer Out"]},
+    {"email": BOB, "display_name": "Bob Example", "password": PASSWORD, "folders": ["Inbox/Transfer In"]},
+]}
 
 
 @tagged("post_install", "-at_install")
-class TestExchangeOAuth(TenantMixin, HttpCase):
+class TestExchangeOAuth(ExchangeTenantMixin, HttpCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.setUpTenant()
+        cls.start_tenant(cls.env, scenario=ALICE_AND_BOB)
         cls.alice = new_test_user(cls.env, login="alice", password="alice.pw", name="Alice",
                                   exchange_account_type="graph", exchange_email=ALICE)
         cls.bob = new_test_user(cls.env, login="bob", password="bob.pw", name="Bob",
@@ -128,7 +60,7 @@ class TestExchangeOAuth(TenantMixin, HttpCase):
         self.assertTrue(self.alice._exchange_oauth_state_is_valid(query["state"]))
         self.assertFalse(self.bob._exchange_oauth_state_is_valid(query["state"]))
 
-        response = self.open_callback(self.sign_in_at_microsoft(auth_uri))
+        response = self.open_callback(self.sign_in_at_microsoft(auth_uri, ALICE))
         self.assertEqual(response.status_code, 303, response.text[:500])
         self.assertTrue(response.headers["Location"].endswith(f"/odoo/my-preferences/{self.alice.id}"))
         first_cache = self.stored_cache(self.alice)
@@ -163,7 +95,7 @@ class TestExchangeOAuth(TenantMixin, HttpCase):
 
     def test_forged_state_is_refused_and_nothing_is_stored(self):
         auth_uri = self.start_connect("alice")
-        back = urlsplit(self.sign_in_at_microsoft(auth_uri))
+        back = urlsplit(self.sign_in_at_microsoft(auth_uri, ALICE))
         query = parse_qs(back.query)
         user_id, nonce, signature = query["state"][0].split(".")
         forged = [
@@ -192,7 +124,7 @@ class TestExchangeOAuth(TenantMixin, HttpCase):
         self.assertFalse(self.stored_cache(self.bob))
 
     def test_replayed_callback_is_refused(self):
-        answer = self.sign_in_at_microsoft(self.start_connect("alice"))
+        answer = self.sign_in_at_microsoft(self.start_connect("alice"), ALICE)
         self.assertEqual(self.open_callback(answer).status_code, 303)
         self.alice.with_user(self.alice).action_exchange_disconnect()
         self.assertFalse(self.stored_cache(self.alice))

@@ -12,7 +12,8 @@ from odoo.tools import mute_logger
 
 from odoo.addons.exchange_connector.services import ExchangeError, RunBudget, TimeBudgetExceeded
 
-from .test_backend_seam import MIME, ExchangeTenantMixin
+from .common import ExchangeTenantMixin
+from .test_backend_seam import MIME
 
 MAILBOX_LOGGER = "odoo.addons.exchange_connector.models.exchange_mailbox"
 

@@ -18,7 +18,8 @@ class TestSettingsOverRpc(HttpCase):
     def rpc(self, login, password, model, method, *args, **kwargs):
         uid = self.xmlrpc_common.authenticate(self.env.cr.dbname, login, password, {})
         self.assertTrue(uid, f"{login} could not log in over XML-RPC")
-        return self.xmlrpc_object.execute_kw(self.env.cr.dbname, uid, password, model, method, list(args), kwargs)
+        return self.xmlrpc_object.execute_kw(
+            self.env.cr.dbname, uid, password, model, method, list(args), kwargs)
 
     def assertRpcAccessError(self, *call):
         with self.assertRaises(xmlrpc.client.Fault) as caught:
@@ -37,15 +38,16 @@ class TestSettingsOverRpc(HttpCase):
         self.assertRpcAccessError(*marco, "res.users", "read", [self.anna.id])
         public = self.rpc(*marco, "res.users", "read", [self.anna.id], ["name", "exchange_email"])
         self.assertEqual(public[0]["exchange_email"], "anna@example.com")
-        self.assertRpcAccessError(*marco, "ir.config_parameter", "get_param", "exchange_connector.client_secret")
+        self.assertRpcAccessError(
+            *marco, "ir.config_parameter", "get_param", "exchange_connector.client_secret")
         # default_get() of the settings is open to internal users: it must not hand out the secret.
         defaults = self.rpc(*marco, "res.config.settings", "default_get", ["exchange_client_secret"])
         self.assertNotIn("tenant-secret", repr(defaults))
 
     def test_other_user_cannot_write_settings(self):
         marco = ("marco.test", "marco.test.pw")
-        self.assertRpcAccessError(*marco, "res.users", "write", [self.anna.id], {"exchange_ews_password": "x"})
-        self.assertRpcAccessError(*marco, "res.users", "write", [self.anna.id], {"exchange_sync_interval": 60})
+        for values in ({"exchange_ews_password": "x"}, {"exchange_sync_interval": 60}):
+            self.assertRpcAccessError(*marco, "res.users", "write", [self.anna.id], values)
         self.assertEqual(self.anna.sudo().exchange_ews_password, "anna-secret")
         self.assertEqual(self.anna.exchange_sync_interval, 15)
 
@@ -53,7 +55,8 @@ class TestSettingsOverRpc(HttpCase):
         anna = ("anna.test", "anna.test.pw")
         self.rpc(*anna, "res.users", "write", [self.anna.id],
                  {"exchange_ews_password": "rotated", "exchange_sync_interval": 45})
-        values = self.rpc(*anna, "res.users", "read", [self.anna.id], ["exchange_ews_password", "exchange_sync_interval"])
+        values = self.rpc(*anna, "res.users", "read", [self.anna.id],
+                          ["exchange_ews_password", "exchange_sync_interval"])
         self.assertEqual(values[0]["exchange_ews_password"], "rotated")
         self.assertEqual(values[0]["exchange_sync_interval"], 45)
         # The OAuth token cache is for server code only, even for its owner.

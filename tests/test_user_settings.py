@@ -42,7 +42,8 @@ class TestUserSettings(TransactionCase):
         self.assertEqual(user.exchange_transfer_folder_in, "Transfer In")
         self.assertEqual(user.exchange_transfer_folder_out, "Transfer Out")
         self.assertEqual(user.exchange_ews_auth, "ntlm")
-        self.assertTrue(user.exchange_sync_mails and user.exchange_sync_events and user.exchange_sync_contacts)
+        self.assertTrue(all(user[kind] for kind in
+                            ("exchange_sync_mails", "exchange_sync_events", "exchange_sync_contacts")))
 
     def test_interval_below_admin_minimum_is_refused(self):
         self.env["ir.config_parameter"].sudo().set_param("exchange_connector.min_sync_interval", 10)
