@@ -1,9 +1,12 @@
+import contextlib
+import hashlib
 import logging
+import os
 import secrets
 import warnings
 from urllib.parse import urlsplit
 
-from odoo import api, fields, models
+from odoo import api, fields, models, tools
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tools import consteq, email_normalize, hmac
 
@@ -15,7 +18,15 @@ from ..services import (
     TimeBudgetExceeded,
 )
 from ..services.auth import GraphOAuth
-from .res_config_settings import DEFAULT_AUTHORITY_HOST, DEFAULT_MIN_SYNC_INTERVAL, DEFAULT_SYNC_INTERVAL
+from ..services.ews import EwsBackend
+from ..services.graph import GraphBackend
+from .exchange_mailbox import MAILBOX_STATES, SYNC_STATE_FIELDS
+from .res_config_settings import (
+    DEFAULT_AUTHORITY_HOST,
+    DEFAULT_GRAPH_URL,
+    DEFAULT_MIN_SYNC_INTERVAL,
+    DEFAULT_SYNC_INTERVAL,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -26,6 +37,9 @@ EXCHANGE_CREDENTIAL_FIELDS = {
     "exchange_account_type", "exchange_email", "exchange_ews_url", "exchange_ews_username",
     "exchange_ews_password", "exchange_ews_auth", "exchange_verify_tls", "exchange_ca_bundle",
 }
+
+# The mailbox's connection state, which its user may read too.
+EXCHANGE_STATUS_FIELDS = ["exchange_state", "exchange_connected_email", "exchange_last_error"]
 
 # Settings a user may read and change on their own record (preferences), although
 # res.users is otherwise writable by administrators only. Secrets that only server code
@@ -96,10 +110,15 @@ class ResUsers(models.Model):
     exchange_sync_contacts = fields.Boolean("Push subscribed contacts", default=True)
     # msal's serialized token cache (refresh token included): server code reads it with sudo().
     exchange_token_cache = fields.Text(copy=False, groups="base.group_system")
+    # The mailbox's connection state, kept on exchange.mailbox, shown on the user.
+    exchange_state = fields.Selection(
+        MAILBOX_STATES, string="Mailbox connection", compute="_compute_exchange_status")
+    exchange_connected_email = fields.Char("Connected mailbox", compute="_compute_exchange_status")
+    exchange_last_error = fields.Text("Last sync error", compute="_compute_exchange_status")
 
     @property
     def SELF_READABLE_FIELDS(self):
-        return super().SELF_READABLE_FIELDS + EXCHANGE_SELF_FIELDS
+        return super().SELF_READABLE_FIELDS + EXCHANGE_SELF_FIELDS + EXCHANGE_STATUS_FIELDS
 
     @property
     def SELF_WRITEABLE_FIELDS(self):
@@ -136,10 +155,27 @@ class ResUsers(models.Model):
 
     def write(self, vals):
         res = super().write(vals)
+        # Storing a sign-in (Connect) starts syncing, forgetting it (Disconnect) stops it; the seam
+        # saving a rotated refresh token changes nothing.
+        if "exchange_token_cache" in vals and not self.env.context.get("exchange_token_rotation"):
+            for user in self:
+                if vals["exchange_token_cache"]:
+                    user._exchange_mark_connected()
+                else:
+                    user._exchange_mark_disconnected()
         if EXCHANGE_CREDENTIAL_FIELDS.intersection(vals):
             # Whoever could write the credentials may also lift the lockout they caused.
             self.sudo()._exchange_reset_lockout()
         return res
+
+    def _compute_exchange_status(self):
+        mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", self._origin.ids)])
+        by_user = {mailbox.user_id.id: mailbox for mailbox in mailboxes}
+        for user in self:
+            mailbox = by_user.get(user._origin.id)
+            user.exchange_state = mailbox.state if mailbox else "not_connected"
+            user.exchange_connected_email = mailbox.connected_email if mailbox else False
+            user.exchange_last_error = mailbox.last_error if mailbox else False
 
     # -- account linking: Connect / Disconnect / Test connection ------------
 
@@ -409,6 +445,182 @@ class ResUsers(models.Model):
             return self.env._("The mailbox answered too slowly to finish in time: try again later.")
         return self.env._("Microsoft refused the request (%(code)s): %(message)s",
                           code=error.code or "error", message=error.message)
+
+    # -- mailbox record -------------------------------------------------------
+
+    def _exchange_mailbox(self):
+        """This user's exchange.mailbox (as superuser), created when missing."""
+        self.ensure_one()
+        mailboxes = self.env["exchange.mailbox"].sudo()
+        mailbox = mailboxes.search([("user_id", "=", self.id)], limit=1)
+        return mailbox or mailboxes.create({"user_id": self.id})
+
+    def _exchange_mark_connected(self, connected_email=None):
+        """Record a working connection (after the sign-in or a successful test): syncing starts now."""
+        self.ensure_one()
+        mailbox = self._exchange_mailbox()
+        if connected_email and mailbox.connected_email and \
+                connected_email.lower() != mailbox.connected_email.lower():
+            # Another mailbox: the old states mean nothing there.
+            mailbox.write(dict.fromkeys(SYNC_STATE_FIELDS, False))
+        mailbox.write({
+            "state": "connected", "connected_email": connected_email or self.exchange_email,
+            "auth_failures": 0, "last_error": False, "last_error_code": False,
+            "next_sync": fields.Datetime.now(),
+        })
+        return mailbox
+
+    def _exchange_mark_disconnected(self):
+        """Stop syncing this user's mailbox and forget its sync states (the records imported stay)."""
+        self.ensure_one()
+        mailbox = self._exchange_mailbox()
+        mailbox.write(dict.fromkeys(SYNC_STATE_FIELDS, False) | {
+            "state": "not_connected", "connected_email": False, "auth_failures": 0,
+            "sync_requested": False, "next_sync": False,
+        })
+        return mailbox
+
+    def _exchange_reset_lockout(self):
+        """Forget the failed sign-ins: the connector uses the (new) credentials again at the next run."""
+        mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", self.ids)])
+        mailboxes.filtered("auth_failures").auth_failures = 0
+        for mailbox in mailboxes.filtered(lambda mailbox: mailbox.state == "auth_failed"):
+            user = mailbox.user_id
+            # An Office 365 mailbox without a stored sign-in has nothing to try until Connect.
+            usable = user.exchange_account_type == "ews" or bool(user.exchange_token_cache)
+            mailbox.write({
+                "state": "connected" if usable else "not_connected",
+                "next_sync": fields.Datetime.now() if usable else False,
+            })
+
+    # -- THE seam to Microsoft ------------------------------------------------
+
+    @contextlib.contextmanager
+    def _exchange_backend(self, budget=None):
+        """Yield this user's mailbox backend (Graph or EWS) — the only way models reach Microsoft.
+
+        ::
+
+            with user._exchange_backend(budget=RunBudget(60)) as backend:
+                backend.whoami()
+
+        On exit the rotated OAuth token cache is saved, the backend closed and the outcome
+        recorded on the user's exchange.mailbox, in the current transaction: success resets the
+        failure counter; an :class:`AuthenticationError` leaving the block counts as a failed
+        sign-in, and at ``exchange_connector.max_auth_failures`` (3) the mailbox is locked
+        (state ``auth_failed``) and the user notified. A locked mailbox gets no backend at all
+        (UserError) until the user reconnects or changes the credentials, so that scheduled
+        runs never get the account locked out by Exchange. Let AuthenticationError propagate
+        out of the block; callers that turn errors into a UserError roll the counting back.
+        """
+        self.ensure_one()
+        user = self.sudo()
+        mailbox = user._exchange_mailbox()
+        if mailbox.state == "auth_failed":
+            raise UserError(self.env._(
+                "Exchange authentication failed — reconnect: the connector stopped using the mailbox of "
+                "%(user)s after repeated failed sign-ins. Click Connect (Office 365) or correct the password "
+                "(Exchange) in the preferences.", user=user.name))
+        backend = provider = None
+        try:
+            backend, provider = user._exchange_new_backend(budget)
+            yield backend
+        except AuthenticationError as error:
+            mailbox._exchange_record_auth_failure(error)
+            raise
+        except TimeBudgetExceeded:
+            raise
+        except ExchangeError as error:
+            mailbox._exchange_record_error(error)
+            raise
+        else:
+            mailbox._exchange_record_success()
+        finally:
+            if provider is not None and provider.cache_changed:
+                user.with_context(exchange_token_rotation=True).exchange_token_cache = provider.cache_blob
+            if backend is not None:
+                backend.close()
+
+    def _exchange_new_backend(self, budget=None):
+        """Build ``(backend, token_provider or None)`` from the user's settings and the company's."""
+        self.ensure_one()
+        if not self.exchange_email:
+            raise UserError(self.env._(
+                "%(user)s has no mailbox address: enter it in the preferences, tab Office 365 / Exchange.",
+                user=self.name))
+        if self.exchange_account_type == "graph":
+            return self._exchange_new_graph_backend(budget)
+        if self.exchange_account_type == "ews":
+            if not self.exchange_ews_url:
+                raise UserError(self.env._(
+                    "%(user)s has no EWS URL: enter it in the preferences, tab Office 365 / Exchange.",
+                    user=self.name))
+            backend = EwsBackend(
+                self.exchange_email, self.exchange_ews_username or self.exchange_email,
+                self.exchange_ews_password or "", self.exchange_ews_url,
+                auth_type=self.exchange_ews_auth or "ntlm", verify=self._exchange_ews_verify(), budget=budget)
+            return backend, None
+        raise UserError(self.env._(
+            "Choose the mailbox type of %(user)s (Office 365 or Exchange on-premises) in the preferences.",
+            user=self.name))
+
+    def _exchange_new_graph_backend(self, budget):
+        # The Azure app and CA settings are read in one place, next to the sign-in that uses them too.
+        oauth = self._exchange_graph_oauth(self.exchange_token_cache or None)
+        provider = oauth.delegated_token_provider(self.exchange_email)
+        graph_url = (self.env["ir.config_parameter"].sudo().get_param("exchange_connector.graph_url")
+                     or DEFAULT_GRAPH_URL)
+        backend = GraphBackend(self.exchange_email, provider, graph_url=graph_url,
+                               verify=self._exchange_microsoft_verify(), budget=budget)
+        return backend, provider
+
+    def _exchange_ews_verify(self):
+        """requests' ``verify`` for the EWS server: False, the user's own CA certificates, or the system's."""
+        if not self.exchange_verify_tls:
+            return False
+        pem = (self.exchange_ca_bundle or "").strip()
+        if not pem:
+            return True
+        # requests wants a file; one per distinct bundle, named by content, written once.
+        data = (pem + "\n").encode()
+        folder = os.path.join(tools.config["data_dir"], "exchange_connector", "ca")
+        path = os.path.join(folder, hashlib.sha256(data).hexdigest() + ".pem")
+        if not os.path.exists(path):
+            os.makedirs(folder, exist_ok=True)
+            temporary = f"{path}.{os.getpid()}.tmp"
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, path)
+        return path
+
+    # -- manual trigger -------------------------------------------------------
+
+    def action_exchange_sync_now(self):
+        """Ask for a sync of these users' mailboxes at once: the scheduled job does it in the background."""
+        if any(user != self.env.user for user in self) and not self.env.user.has_group("base.group_system"):
+            raise AccessError(self.env._("You can only synchronise your own mailbox."))
+        for user in self:
+            mailbox = user.sudo()._exchange_mailbox()
+            if mailbox.state == "auth_failed":
+                raise UserError(self.env._(
+                    "Exchange authentication failed — reconnect the mailbox of %(user)s before syncing.",
+                    user=user.name))
+            if mailbox.state != "connected":
+                raise UserError(self.env._("Connect the mailbox of %(user)s first.", user=user.name))
+            # A running sync holds the row lock until it commits: do not make the user wait for it.
+            if mailbox.try_lock_for_update(allow_referencing=True):
+                mailbox.sync_requested = True
+        self.env.ref("exchange_connector.ir_cron_exchange_sync").sudo()._trigger()
+        return {
+            "type": "ir.actions.client",
+            "tag": "display_notification",
+            "params": {
+                "type": "info",
+                "message": self.env._(
+                    "The synchronisation starts in a moment; see My sync log for the result."),
+                "next": {"type": "ir.actions.act_window_close"},
+            },
+        }
 
     # -- Discuss: the sidebar's "Office 365 / Exchange" entry ----------------
 
