@@ -24,10 +24,15 @@ for name, email in DEMO_PARTNERS:
     if not Partner.search([("name", "=", name), ("email", "=", email)], limit=1):
         Partner.create({"name": name, "email": email, "is_company": "(" not in name})
 
+# The Azure app (the tenant's demo app) knows the redirect URI on this address only; Odoo would
+# otherwise keep whatever address it was last reached on.
+params = env["ir.config_parameter"].sudo()
+params.set_param("web.base.url", os.environ.get("EXCHANGE_DEMO_BASE_URL", "http://127.0.0.1:8069"))
+params.set_param("web.base.url.freeze", True)
+
 logins = []
 if tenant:
     app = tenant["apps"][0]
-    params = env["ir.config_parameter"].sudo()
     for key, value in {
         "tenant_id": tenant["tenant_id"],
         "client_id": app["client_id"],
