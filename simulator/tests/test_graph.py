@@ -100,7 +100,7 @@ CHECKED = {"answers": 0, "problems": []}
 @pytest.fixture(scope="module")
 def csdl_types():
     if not CSDL_PATH.exists():
-        pytest.skip(f"Graph CSDL reference not found at {CSDL_PATH}")
+        pytest.fail(f"Graph CSDL not found at {CSDL_PATH}: shared/ must sit beside the repository")
     return load_csdl()
 
 
