@@ -20,7 +20,6 @@
         "views/res_config_settings_views.xml",
         "views/exchange_menus.xml",
     ],
-    "demo": [],
     "assets": {
         "web.assets_backend": [
             "exchange_connector/static/src/discuss/*",
@@ -30,6 +29,5 @@
         ],
     },
     "uninstall_hook": "uninstall_hook",
-    "installable": True,
     "application": True,
 }

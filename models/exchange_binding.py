@@ -21,7 +21,7 @@ class ExchangeBinding(models.Model):
     _order = "id"
     _rec_name = "remote_id"
 
-    user_id = fields.Many2one("res.users", "User", required=True, ondelete="cascade", index=True)
+    user_id = fields.Many2one("res.users", required=True, ondelete="cascade", index=True)
     kind = fields.Selection(
         [("message", "Message"), ("event", "Event"), ("contact", "Contact")], required=True)
     res_model = fields.Char("Odoo model", required=True, index=True)

@@ -43,7 +43,7 @@ class ExchangeMailbox(models.Model):
     _rec_name = "user_id"
 
     user_id = fields.Many2one(
-        "res.users", "User", required=True, ondelete="cascade", index=True, readonly=True)
+        "res.users", required=True, ondelete="cascade", index=True, readonly=True)
     state = fields.Selection(MAILBOX_STATES, required=True, default="not_connected", copy=False)
     auth_failures = fields.Integer(
         "Consecutive sign-in failures", copy=False, groups="base.group_system",

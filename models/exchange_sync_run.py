@@ -28,7 +28,7 @@ class ExchangeSyncRun(models.Model):
     _order = "date_started desc, id desc"
 
     user_id = fields.Many2one(
-        "res.users", "User", required=True, ondelete="cascade", index=True, readonly=True)
+        "res.users", required=True, ondelete="cascade", index=True, readonly=True)
     kind = fields.Selection(SYNC_KINDS, required=True, readonly=True)
     trigger = fields.Selection(
         [("cron", "Scheduled"), ("manual", "Manual")], required=True, default="cron", readonly=True)
