@@ -14,6 +14,7 @@ are shown as "operations" (answered requests) and "with 401 legs".
 import argparse
 import math
 import os
+import resource
 import sys
 import time
 from urllib.parse import parse_qsl, urlsplit
@@ -151,6 +152,9 @@ def main():
         print(f"{'backend':8} {'operation':36} {'requests':>9} {'with 401 legs':>14} {'seconds':>9}")
         for kind, operation, answered, total, seconds in rows:
             print(f"{kind:8} {operation:36} {answered:9d} {total:14d} {seconds:9.2f}")
+        # Tenant and clients share this process: an upper bound for the client side.
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak resident memory of the process (tenant + clients): {peak_mib:.0f} MiB")
     finally:
         tenant.stop()
 
