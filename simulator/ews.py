@@ -448,15 +448,8 @@ class EwsApp:
                     for f in found
                     if _matches(restriction[0], lambda uri, f=f: _folder_property(ctx.mailbox, f, uri))
                 ]
-            page, offset, last = _page(found, view, ctx.knobs)
             message = response_message(messages, "FindFolder")
-            parent_elem = sub(
-                message,
-                m("RootFolder"),
-                IndexedPagingOffset=offset + len(page),
-                TotalItemsInView=len(found),
-                IncludesLastItemInRange=last,
-            )
+            parent_elem, page = _paged_root_folder(message, found, view, ctx.knobs)
             folders_elem = sub(parent_elem, t("Folders"))
             for folder in page:
                 folders_elem.append(self.folder_xml(ctx.mailbox, folder, shape))
@@ -553,15 +546,8 @@ class EwsApp:
                     message, m("RootFolder"), TotalItemsInView=len(page), IncludesLastItemInRange=last
                 )
             else:
-                page, offset, last = _page(found, view, ctx.knobs)
                 message = response_message(messages, "FindItem")
-                parent_elem = sub(
-                    message,
-                    m("RootFolder"),
-                    IndexedPagingOffset=offset + len(page),
-                    TotalItemsInView=len(found),
-                    IncludesLastItemInRange=last,
-                )
+                parent_elem, page = _paged_root_folder(message, found, view, ctx.knobs)
             items_elem = sub(parent_elem, t("Items"))
             for item in page:
                 items_elem.append(self.item_xml(ctx.mailbox, item, shape))
@@ -945,6 +931,14 @@ def _page(found, view, knobs):
         limit = min(limit, knobs.page_size) if limit else knobs.page_size
     page = found[offset : offset + limit] if limit else found[offset:]
     return page, offset, offset + len(page) >= len(found)
+
+
+def _paged_root_folder(message, found, view, knobs):
+    """The RootFolder element of an indexed-paged FindFolder / FindItem answer, and its page."""
+    page, offset, last = _page(found, view, knobs)
+    root = sub(message, m("RootFolder"), IndexedPagingOffset=offset + len(page),
+               TotalItemsInView=len(found), IncludesLastItemInRange=last)
+    return root, page
 
 
 # Property getters for restrictions and sorting: field URI → comparable Python value.
