@@ -18,9 +18,12 @@ OAUTH_FLOW_SESSION_KEY = "exchange_connector_oauth_flow"
 
 class ExchangeOAuthController(http.Controller):
     @http.route("/exchange_connector/oauth/start", type="http", auth="user", methods=["GET"])
-    def exchange_oauth_start(self):
+    def exchange_oauth_start(self, token=None):
         """Start the current user's Office 365 sign-in and send the browser to Microsoft."""
         user = request.env.user
+        if not user._exchange_connect_token_is_valid(token):
+            _logger.warning("Office 365 sign-in start refused for %s: no valid Connect token", user.login)
+            raise Forbidden()
         try:
             flow = user._exchange_oauth_start()
         except ExchangeError as exc:

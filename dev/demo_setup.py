@@ -65,6 +65,9 @@ if tenant:
                 {"login": login, "password": login, "group_ids": [(4, internal.id)], **values})
         else:
             user.write(values)
+        if user.exchange_account_type == "ews":
+            # On-premises mailboxes start syncing once a Test connection succeeded.
+            user._exchange_check_connection()
         logins.append((login, login, mailbox["email"], user.exchange_account_type))
 env.cr.commit()
 

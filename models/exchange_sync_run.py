@@ -4,6 +4,10 @@ from datetime import timedelta
 from odoo import api, fields, models
 
 from ..services import TimeBudgetExceeded
+from .exchange_mailbox import MailboxReleased
+
+# Stops after which the next run simply resumes from the last committed page.
+PARTIAL_STOPS = (TimeBudgetExceeded, MailboxReleased)
 
 _logger = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ class ExchangeSyncRun(models.Model):
         values = {"date_done": fields.Datetime.now(), "state": "done"}
         if error is not None:
             values.update(
-                state="partial" if isinstance(error, TimeBudgetExceeded) else "failed",
+                state="partial" if isinstance(error, PARTIAL_STOPS) else "failed",
                 exc_name=type(error).__name__,
                 exc_message=str(error),
                 error_code=getattr(error, "code", None) or getattr(error, "kind", None) or False,

@@ -3,6 +3,7 @@ import hashlib
 import logging
 import os
 import secrets
+import time
 import warnings
 from urllib.parse import urlsplit
 
@@ -32,11 +33,19 @@ _logger = logging.getLogger(__name__)
 
 OAUTH_STATE_SCOPE = "exchange_connector_oauth"
 OAUTH_CALLBACK_PATH = "/exchange_connector/oauth/callback"
+CONNECT_TOKEN_SCOPE = "exchange_connector_connect"
+CONNECT_TOKEN_LIFETIME = 600  # seconds between a click on Connect and the redirect it causes
+# Which mailbox a user's settings point at: changing one of these starts over with another mailbox.
+MAILBOX_IDENTITY_FIELDS = {"exchange_account_type", "exchange_email", "exchange_ews_url"}
 # Writing any of these means the user fixed their credentials: the lockout is lifted.
 EXCHANGE_CREDENTIAL_FIELDS = {
     "exchange_account_type", "exchange_email", "exchange_ews_url", "exchange_ews_username",
     "exchange_ews_password", "exchange_ews_auth", "exchange_verify_tls", "exchange_ca_bundle",
 }
+
+# Refusals of the user's own credentials: only these count towards the lockout, which exists
+# so that retries never get the account locked by Exchange.
+USER_CREDENTIAL_FAILURES = ("password", "invalid_grant", "no_account", "token")
 
 # The mailbox's connection state, which its user may read too.
 EXCHANGE_STATUS_FIELDS = ["exchange_state", "exchange_connected_email", "exchange_last_error"]
@@ -153,8 +162,33 @@ class ResUsers(models.Model):
                 raise ValidationError(self.env._(
                     "The event window counts days back and days ahead: use 0 or more for both."))
 
+    @api.model_create_multi
+    def create(self, vals_list):
+        users = super().create(vals_list)
+        for user in users.filtered("exchange_account_type"):
+            user._exchange_mailbox()
+        return users
+
+    def _exchange_switches_mailbox(self, vals):
+        """The users of ``self`` whose write of ``vals`` points them at another mailbox."""
+        def normalized(field, value):
+            if field == "exchange_email":
+                return email_normalize(value) or value or False
+            return value or False
+
+        changed = [field for field in MAILBOX_IDENTITY_FIELDS if field in vals]
+        if not changed:
+            return self.browse()
+        return self.filtered(lambda user: any(
+            normalized(field, user[field]) != normalized(field, vals[field]) for field in changed))
+
     def write(self, vals):
+        switched = self._exchange_switches_mailbox(vals)
         res = super().write(vals)
+        for user in switched:
+            # Another mailbox (or protocol): the saved sync states and the connection belong to the
+            # old one. The mailbox record is created here at the latest, not by a later request.
+            user._exchange_mark_disconnected()
         # Storing a sign-in (Connect) starts syncing, forgetting it (Disconnect) stops it; the seam
         # saving a rotated refresh token changes nothing.
         if "exchange_token_cache" in vals and not self.env.context.get("exchange_token_rotation"):
@@ -168,8 +202,13 @@ class ResUsers(models.Model):
             self.sudo()._exchange_reset_lockout()
         return res
 
+    @api.depends_context("uid")
     def _compute_exchange_status(self):
-        mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", self._origin.ids)])
+        # Read as superuser, shown only to the user themself and administrators: the last error
+        # names servers and mailboxes.
+        is_admin = self.env.user.has_group("base.group_system")
+        visible = self._origin if is_admin else self._origin & self.env.user
+        mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", visible.ids)])
         by_user = {mailbox.user_id.id: mailbox for mailbox in mailboxes}
         for user in self:
             mailbox = by_user.get(user._origin.id)
@@ -252,7 +291,8 @@ class ResUsers(models.Model):
         self.ensure_one()
         signed_in = self._exchange_graph_oauth().finish_sign_in(flow, auth_response)
         expected = email_normalize(self.exchange_email)
-        if expected and email_normalize(signed_in.email) != expected:
+        if expected and email_normalize(signed_in.email) != expected \
+                and email_normalize(self._exchange_signed_in_mailbox(signed_in)) != expected:
             raise UserError(self.env._(
                 "You signed in to Microsoft as %(signed_in)s, but the mailbox set for %(user)s is "
                 "%(mailbox)s: click Connect again and sign in as %(mailbox)s, or change the mailbox "
@@ -266,6 +306,18 @@ class ResUsers(models.Model):
         _logger.info("User %s connected the Office 365 mailbox %s", self.login, signed_in.email)
         return signed_in
 
+    def _exchange_signed_in_mailbox(self, signed_in):
+        """The mailbox address of a fresh sign-in, as Graph tells it.
+
+        The sign-in name (UPN, e.g. jdoe@contoso.onmicrosoft.com) is often not the mailbox
+        address (john.doe@contoso.com): only Graph's /me says which mailbox it opens.
+        """
+        backend, _provider = self._exchange_new_graph_backend(None, cache_blob=signed_in.cache_blob)
+        try:
+            return backend.whoami().email
+        finally:
+            backend.close()
+
     def action_exchange_connect(self):
         """Connect button: send the browser to Microsoft's sign-in page, through the OAuth controller."""
         self.ensure_one()
@@ -276,7 +328,25 @@ class ResUsers(models.Model):
         if self.exchange_account_type != "graph":
             raise UserError(self.env._(
                 "Connect applies to Office 365 mailboxes: choose that mailbox type first."))
-        return {"type": "ir.actions.act_url", "url": "/exchange_connector/oauth/start", "target": "self"}
+        return {"type": "ir.actions.act_url", "target": "self",
+                "url": f"/exchange_connector/oauth/start?token={self._exchange_connect_token()}"}
+
+    def _exchange_connect_token(self, issued=None):
+        """A short-lived token bound to this user that the Connect URL carries.
+
+        A plain link on another site cannot start a sign-in for a logged-in user (which Microsoft's
+        single sign-on might complete unnoticed): it would need this database's HMAC.
+        """
+        self.ensure_one()
+        issued = int(issued if issued is not None else time.time())
+        return f"{issued}.{hmac(self.env(su=True), CONNECT_TOKEN_SCOPE, (self.id, issued))}"
+
+    def _exchange_connect_token_is_valid(self, token):
+        self.ensure_one()
+        issued, _dot, _signature = (token or "").partition(".")
+        if not issued.isdigit() or not 0 <= time.time() - int(issued) <= CONNECT_TOKEN_LIFETIME:
+            return False
+        return consteq(token, self._exchange_connect_token(int(issued)))
 
     def action_exchange_disconnect(self):
         """Disconnect button: forget the Microsoft sign-in (the stored tokens) of these mailboxes."""
@@ -480,6 +550,14 @@ class ResUsers(models.Model):
         })
         return mailbox
 
+    def _exchange_has_credentials(self):
+        """Whether the connector holds what it needs to open the mailbox (it may still be refused)."""
+        self.ensure_one()
+        user = self.sudo()
+        if user.exchange_account_type == "ews":
+            return bool(user.exchange_ews_url)
+        return user.exchange_account_type == "graph" and bool(user.exchange_token_cache)
+
     def _exchange_reset_lockout(self):
         """Forget the failed sign-ins: the connector uses the (new) credentials again at the next run."""
         mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", self.ids)])
@@ -487,7 +565,7 @@ class ResUsers(models.Model):
         for mailbox in mailboxes.filtered(lambda mailbox: mailbox.state == "auth_failed"):
             user = mailbox.user_id
             # An Office 365 mailbox without a stored sign-in has nothing to try until Connect.
-            usable = user.exchange_account_type == "ews" or bool(user.exchange_token_cache)
+            usable = user._exchange_has_credentials()
             mailbox.write({
                 "state": "connected" if usable else "not_connected",
                 "next_sync": fields.Datetime.now() if usable else False,
@@ -522,11 +600,17 @@ class ResUsers(models.Model):
                 "%(user)s after repeated failed sign-ins. Click Connect (Office 365) or correct the password "
                 "(Exchange) in the preferences.", user=user.name))
         backend = provider = None
+        sign_in_used = user.exchange_token_cache
         try:
             backend, provider = user._exchange_new_backend(budget)
             yield backend
         except AuthenticationError as error:
-            mailbox._exchange_record_auth_failure(error)
+            if error.kind in USER_CREDENTIAL_FAILURES:
+                mailbox._exchange_record_auth_failure(error)
+            else:
+                # A wrong or expired client secret, or missing consent, is the company's Azure
+                # app, not this user's credentials: no lockout, which would hit every user.
+                mailbox._exchange_record_error(error)
             raise
         except TimeBudgetExceeded:
             raise
@@ -537,7 +621,11 @@ class ResUsers(models.Model):
             mailbox._exchange_record_success()
         finally:
             if provider is not None and provider.cache_changed:
-                user.with_context(exchange_token_rotation=True).exchange_token_cache = provider.cache_blob
+                # Save the rotated refresh token unless the user disconnected or signed in again
+                # meanwhile (syncs commit page by page, so this transaction sees that).
+                user.invalidate_recordset(["exchange_token_cache"])
+                if user.exchange_token_cache == sign_in_used:
+                    user.with_context(exchange_token_rotation=True).exchange_token_cache = provider.cache_blob
             if backend is not None:
                 backend.close()
 
@@ -564,9 +652,9 @@ class ResUsers(models.Model):
             "Choose the mailbox type of %(user)s (Office 365 or Exchange on-premises) in the preferences.",
             user=self.name))
 
-    def _exchange_new_graph_backend(self, budget):
+    def _exchange_new_graph_backend(self, budget, cache_blob=None):
         # The Azure app and CA settings are read in one place, next to the sign-in that uses them too.
-        oauth = self._exchange_graph_oauth(self.exchange_token_cache or None)
+        oauth = self._exchange_graph_oauth(cache_blob or self.exchange_token_cache or None)
         provider = oauth.delegated_token_provider(self.exchange_email)
         graph_url = (self.env["ir.config_parameter"].sudo().get_param("exchange_connector.graph_url")
                      or DEFAULT_GRAPH_URL)
@@ -607,9 +695,9 @@ class ResUsers(models.Model):
                     user=user.name))
             if mailbox.state != "connected":
                 raise UserError(self.env._("Connect the mailbox of %(user)s first.", user=user.name))
-            # A running sync holds the row lock until it commits: do not make the user wait for it.
-            if mailbox.try_lock_for_update(allow_referencing=True):
-                mailbox.sync_requested = True
+            # A running sync holds a lease, not the row: the request waits for nothing, and it
+            # makes the mailbox due again as soon as that sync ends.
+            mailbox.sync_requested = True
         self.env.ref("exchange_connector.ir_cron_exchange_sync").sudo()._trigger()
         return {
             "type": "ir.actions.client",

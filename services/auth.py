@@ -226,6 +226,11 @@ class _DelegatedTokenProvider(_TokenProvider):
     def _acquire(self, force_refresh):
         accounts = self.oauth.app.get_accounts(username=self.email)
         if not accounts:
+            # The sign-in name (UPN) often differs from the mailbox address: a cache that holds
+            # one user's sign-in alone (one cache per Odoo user) needs no name to find it.
+            everyone = self.oauth.app.get_accounts()
+            accounts = everyone if len(everyone) == 1 else []
+        if not accounts:
             raise AuthenticationError(
                 f"No stored sign-in for {self.email}: sign in again.", kind="no_account", code="no_account"
             )

@@ -200,6 +200,22 @@ class ContactResult:
             error_message=str(error),
         )
 
+    @classmethod
+    def outcome_unknown(cls, change, error):
+        """The result of a change sent once without an answer: it may exist remotely (``OutcomeUnknown``).
+
+        Not sent again, so that it never exists twice; before creating it
+        again the caller should look for it (e.g. by e-mail address).
+        """
+        return cls(
+            change.local_ref,
+            change.op,
+            False,
+            change.remote_id,
+            error_code="OutcomeUnknown",
+            error_message=str(error),
+        )
+
 
 def folder_path_names(path):
     """The display names of a folder path: "Inbox/Transfer In/" → ["Inbox", "Transfer In"]."""

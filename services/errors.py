@@ -10,7 +10,15 @@ passwords are never put into these messages.
 
 
 class ExchangeError(Exception):
-    """Base error: something Microsoft (Graph, EWS or the identity platform) refused."""
+    """Base error: something Microsoft (Graph, EWS or the identity platform) refused.
+
+    ``outcome_unknown`` is True when a request that changes the mailbox
+    (a create, a move) may have been carried out although no answer came
+    back (read timeout, dropped connection, 502/504): it was not sent again,
+    and the caller should look before doing it again.
+    """
+
+    outcome_unknown = False
 
     def __init__(self, message, code=None, status=None, request_id=None):
         super().__init__(message)

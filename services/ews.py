@@ -19,7 +19,8 @@
   The state is the page's ``SyncState``.  EWS ids change when an item
   moves: use the id :meth:`EwsBackend.move_message` returns.
 - Calendar: EWS has no calendar-view delta.  ``sync_events`` lists the
-  window with a CalendarView (occurrences and exceptions expanded) and the
+  window with CalendarViews (occurrences and exceptions expanded) of
+  sub-windows small enough for Exchange's EwsFindCountLimit, and the
   state is a fingerprint: JSON ``{"window": [start, end], "seen": {id: change_key}}``.
   Items whose change key differs from the fingerprint are returned, ids in
   the fingerprint missing from the window are reported as removed (deleted
@@ -30,7 +31,7 @@ import contextlib
 import json
 import logging
 import threading
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import requests
 from exchangelib import (
@@ -77,7 +78,6 @@ from .errors import (
     FolderNotFound,
     ItemNotFound,
     SyncStateExpired,
-    TimeBudgetExceeded,
     connection_problem,
 )
 from .throttle import MAX_CONCURRENT_REQUESTS, Retryable, RetryPolicy, mailbox_slot, throttled
@@ -122,6 +122,10 @@ EVENT_FIELDS = [
 MAX_SYNC_CHANGES = 512
 #: Contacts per CreateItem/UpdateItem/DeleteItem request.
 CONTACT_CHUNK = 100
+#: Calendar windows are listed in sub-windows of this size (each one CalendarView request).
+CALENDAR_SUBWINDOW = timedelta(days=31)
+#: A sub-window answering this many entries may be cut: it is split in two and asked again.
+CALENDAR_MAX_ENTRIES = 500
 WELL_KNOWN_FOLDERS = {
     "inbox": "inbox",
     "sent items": "sent",
@@ -203,6 +207,18 @@ def _utc(value):
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     return value
+
+
+def _all_day_end(value):
+    """The exclusive end of an all-day event (midnight after its last day), as Graph gives it.
+
+    exchangelib turns an all-day event's End into the date of its last day
+    (one day less than what Exchange sends).
+    """
+    end = _utc(value)
+    if isinstance(value, date) and not isinstance(value, datetime):
+        end += timedelta(days=1)
+    return end
 
 
 def _address(mailbox):
@@ -297,7 +313,7 @@ def event_from_ews(item):
         subject=item.subject or "",
         body_html=str(body),
         start=_utc(item.start),
-        end=_utc(item.end),
+        end=_all_day_end(item.end) if item.is_all_day else _utc(item.end),
         is_all_day=bool(item.is_all_day),
         location=item.location or "",
         organizer=_address(item.organizer),
@@ -381,6 +397,8 @@ class EwsBackend(MailboxBackend):
     :param auth_type: "ntlm" or "basic".
     :param version: None to let exchangelib probe, or a build such as "14.2" (Exchange 2010 SP2).
     :param verify: CA bundle path, True (system CAs) or False (no check, for tests only).
+    :param calendar_max_entries: MaxEntriesReturned of each CalendarView; must not exceed the
+        server's EwsFindCountLimit (1000 by default), else exchangelib asks the same view forever.
     """
 
     def __init__(
@@ -396,9 +414,11 @@ class EwsBackend(MailboxBackend):
         retry_policy=None,
         timeout=60,
         page_size=100,
+        calendar_max_entries=CALENDAR_MAX_ENTRIES,
     ):
         self.account_email = account_email
         self.ews_url = ews_url
+        self.calendar_max_entries = calendar_max_entries
         self.budget = budget
         self.retry_policy = retry_policy or RetryPolicy()
         self.page_size = page_size
@@ -438,8 +458,38 @@ class EwsBackend(MailboxBackend):
             self._account = account
         return self._account
 
-    def _call(self, fn, what):
-        """Run ``fn()`` (consuming its results) in a concurrency slot, with retries and error mapping."""
+    def _call(self, fn, what, idempotent=True):
+        """Run ``fn()`` (consuming its results) in a concurrency slot, with retries and error mapping.
+
+        ``fn`` must not itself call ``_call`` (read ``self.account`` before):
+        a nested call would hold two of the mailbox's slots in one thread.
+        A non-``idempotent`` request (CreateItem, CreateFolder, MoveItem) is
+        sent again only when Exchange surely did not run it (ErrorServerBusy,
+        HTTP 503, no connection); after a read timeout or a dropped
+        connection it raises with ``outcome_unknown`` set.
+        """
+
+        def unanswered(error, exc):
+            """Retry ``error`` when allowed; otherwise raise it marked as possibly carried out."""
+            if idempotent:
+                raise Retryable(error) from exc
+            error.outcome_unknown = True
+            raise error from exc
+
+        def timed_out(exc):
+            # exchangelib re-raises every connection error as ErrorTimeoutExpired.
+            problem = connection_problem(exc, self.ews_url)
+            if not problem.transient:
+                raise problem from exc
+            if isinstance(exc.__context__, requests.exceptions.ConnectTimeout):
+                raise Retryable(problem) from exc  # nothing was sent
+            unanswered(problem, exc)
+
+        def transient(exc, retry_after=None):
+            error = ExchangeError(f"{what}: {exc}", code=_error_code(exc))
+            if AccountVerifyAdapter.last_status() == 503:
+                raise Retryable(error, retry_after) from exc  # refused before Exchange ran it
+            unanswered(error, exc)
 
         def attempt():
             try:
@@ -449,13 +499,23 @@ class EwsBackend(MailboxBackend):
                 if AccountVerifyAdapter.last_status() == 401:
                     # exchangelib reads "Connection: close" before the 401 status and calls it busy.
                     raise self._bad_credentials() from exc
+                # exchangelib's services turn timeouts and transient errors into ErrorServerBusy
+                # ("Reraised from ...") with a back-off of their own invention; a 503 with
+                # Retry-After becomes one too: judge them by what really happened.
+                cause = exc.__context__
+                invented = "Reraised from" in str(exc)
+                if isinstance(cause, ews_errors.ErrorTimeoutExpired):
+                    timed_out(cause)
+                if isinstance(
+                    cause,
+                    (ews_errors.ErrorInternalServerTransientError, ews_errors.ErrorTooManyObjectsOpened),
+                ):
+                    transient(cause, None if invented else exc.back_off)
                 raise throttled(str(exc) or "Server busy", "ErrorServerBusy", exc.back_off) from exc
             except ews_errors.ErrorTimeoutExpired as exc:
-                # exchangelib re-raises every connection error as ErrorTimeoutExpired.
-                problem = connection_problem(exc, self.ews_url)
-                raise (Retryable(problem) if problem.transient else problem) from exc
+                timed_out(exc)
             except ews_errors.ErrorInternalServerTransientError as exc:
-                raise Retryable(ExchangeError(f"{what}: {exc}", code=_error_code(exc))) from exc
+                transient(exc)
             except ews_errors.UnauthorizedError as exc:
                 raise self._bad_credentials() from exc
             except (
@@ -478,9 +538,11 @@ class EwsBackend(MailboxBackend):
                 ) from exc
             except requests.exceptions.RequestException as exc:
                 problem = connection_problem(exc, self.ews_url)
-                if problem.transient:
+                if not problem.transient:
+                    raise problem from exc
+                if isinstance(exc, requests.exceptions.ConnectTimeout):
                     raise Retryable(problem) from exc
-                raise problem from exc
+                unanswered(problem, exc)
 
         return self.retry_policy.call(attempt, budget=self.budget, what=what)
 
@@ -514,10 +576,9 @@ class EwsBackend(MailboxBackend):
         return RemoteMailbox(email=self.account.primary_smtp_address, display_name="")
 
     def _children(self, parent):
+        account = self.account
         return self._call(
-            lambda: list(
-                SingleFolderQuerySet(account=self.account, folder=parent).depth(SHALLOW_FOLDERS).all()
-            ),
+            lambda: list(SingleFolderQuerySet(account=account, folder=parent).depth(SHALLOW_FOLDERS).all()),
             "EWS FindFolder",
         )
 
@@ -541,11 +602,16 @@ class EwsBackend(MailboxBackend):
                     return None
                 child = Folder(parent=node, name=name, folder_class="IPF.Note")
                 try:
-                    self._call(child.save, "EWS CreateFolder")
+                    self._call(child.save, "EWS CreateFolder", idempotent=False)
                 except ExchangeError as error:
-                    if error.code != "ErrorFolderExists":
+                    if error.code != "ErrorFolderExists" and not error.outcome_unknown:
                         raise
-                    child = next(c for c in self._children(node) if (c.name or "").casefold() == wanted)
+                    # Created meanwhile by another worker, or by our own unanswered request.
+                    child = next(
+                        (c for c in self._children(node) if (c.name or "").casefold() == wanted), None
+                    )
+                    if child is None:
+                        raise
             node = child
             parts.append(node.name or name)
         return RemoteFolder(
@@ -557,8 +623,8 @@ class EwsBackend(MailboxBackend):
 
     # -- messages -----------------------------------------------------------
 
-    def _sync_page(self, folder, state):
-        service = SyncFolderItems(account=self.account)
+    def _sync_page(self, account, folder, state):
+        service = SyncFolderItems(account=account)
         changes = list(
             service.call(
                 folder=folder,
@@ -576,10 +642,11 @@ class EwsBackend(MailboxBackend):
         if not ids:
             return []
         folder = self._folder()
+        account = self.account
         return self._call(
             lambda: list(
                 # One GetItem per sync page (exchangelib would split at 100 ids).
-                self.account.fetch(
+                account.fetch(
                     [(item_id, None) for item_id in ids],
                     folder=folder,
                     only_fields=MESSAGE_FIELDS,
@@ -592,12 +659,13 @@ class EwsBackend(MailboxBackend):
     def sync_messages(self, folder, state):
         """SyncFolderItems listing of ``folder``; ``state`` is the last page's SyncState."""
         ews_folder = self._folder(folder.id)
+        account = self.account
         reset = False
         while True:
             self._check_budget()
             try:
                 changes, new_state, last = self._call(
-                    lambda state=state: self._sync_page(ews_folder, state), "EWS SyncFolderItems"
+                    lambda state=state: self._sync_page(account, ews_folder, state), "EWS SyncFolderItems"
                 )
             except SyncStateExpired as expired:
                 if not state or reset:
@@ -632,10 +700,9 @@ class EwsBackend(MailboxBackend):
     def get_mime(self, message_id):
         """Return the message's MIME source (GetItem MimeContent)."""
         folder = self._folder()
+        account = self.account
         result = self._call(
-            lambda: list(
-                self.account.fetch([(message_id, None)], folder=folder, only_fields=["mime_content"])
-            ),
+            lambda: list(account.fetch([(message_id, None)], folder=folder, only_fields=["mime_content"])),
             "EWS GetItem mime",
         )
         if isinstance(result[0], Exception):
@@ -645,8 +712,12 @@ class EwsBackend(MailboxBackend):
     def move_message(self, message_id, dest):
         """Move the message; returns its new EWS id."""
         target = self._folder(dest.id)
+        account = self.account
+        # Sent twice, a move would fail on the id the first one retired: never resend it.
         result = self._call(
-            lambda: self.account.bulk_move([(message_id, None)], to_folder=target), "EWS MoveItem"
+            lambda: account.bulk_move([(message_id, None)], to_folder=target),
+            "EWS MoveItem",
+            idempotent=False,
         )
         if result and isinstance(result[0], Exception):
             raise _translate(result[0])
@@ -655,8 +726,9 @@ class EwsBackend(MailboxBackend):
     def delete_message(self, message_id, hard=False):
         """Move the message to Deleted Items, or delete it for good when ``hard``."""
         delete_type = HARD_DELETE if hard else MOVE_TO_DELETED_ITEMS
+        account = self.account
         result = self._call(
-            lambda: self.account.bulk_delete([(message_id, None)], delete_type=delete_type), "EWS DeleteItem"
+            lambda: account.bulk_delete([(message_id, None)], delete_type=delete_type), "EWS DeleteItem"
         )
         if (
             result
@@ -673,12 +745,7 @@ class EwsBackend(MailboxBackend):
         saved, reset = saved_window_state(state, window)
         seen = dict(saved.get("seen") or {})
         self._check_budget()
-        calendar = self._call(lambda: self.account.calendar, "EWS GetFolder calendar")
-        view = calendar.view(start=_ews_datetime(window_start), end=_ews_datetime(window_end)).only(
-            *EVENT_FIELDS
-        )
-        view.page_size = self.page_size
-        events = self._call(lambda: list(view), "EWS FindItem CalendarView")
+        events = self._calendar_entries(window_start, window_end)
         current = {event.id: event.changekey for event in events}
         changed = [event for event in events if seen.get(event.id) != event.changekey]
         reported = dict(seen)
@@ -702,16 +769,68 @@ class EwsBackend(MailboxBackend):
             reset=reset,
         )
 
+    def _calendar_entries(self, window_start, window_end):
+        """Every calendar entry overlapping the window, listed sub-window by sub-window.
+
+        Exchange answers a CalendarView with at most EwsFindCountLimit
+        entries and no way to page on, so each sub-window asks for
+        ``calendar_max_entries`` (at most the limit); a full answer may be
+        cut, and its sub-window is split in two and asked again.  The budget
+        is checked between sub-windows: a run that stops computes nothing
+        from a partial listing (removals especially).
+        """
+        account = self.account
+        calendar = self._call(lambda: account.calendar, "EWS GetFolder calendar")
+        limit = self.calendar_max_entries
+        todo = []
+        start = window_start
+        while start < window_end:
+            todo.append((start, min(window_end, start + CALENDAR_SUBWINDOW)))
+            start = todo[-1][1]
+        todo.reverse()
+        entries = {}
+        while todo:
+            self._check_budget()
+            start, end = todo.pop()
+            view = calendar.view(start=_ews_datetime(start), end=_ews_datetime(end), max_items=limit)
+            view = view.only(*EVENT_FIELDS)
+            view.page_size = limit
+            found = self._call(lambda view=view: list(view), "EWS FindItem CalendarView")
+            if len(found) >= limit:
+                if end - start <= timedelta(minutes=1):
+                    raise ExchangeError(
+                        f"More than {limit} calendar entries between {start} and {end}",
+                        code="ErrorExceededFindCountLimit",
+                    )
+                middle = start + timedelta(seconds=(end - start).total_seconds() // 2)
+                todo += [(middle, end), (start, middle)]
+                continue
+            for event in found:
+                # An entry spanning sub-windows is listed in each of them.
+                entries.setdefault(event.id, event)
+        return sorted(entries.values(), key=lambda event: (_utc(event.start), event.id))
+
     # -- contacts -----------------------------------------------------------
 
     def ensure_contact_folder(self, name):
         """Return the contact folder ``name`` below Contacts, creating it if missing."""
-        contacts = self._call(lambda: self.account.contacts, "EWS GetFolder contacts")
+        account = self.account
+        contacts = self._call(lambda: account.contacts, "EWS GetFolder contacts")
         wanted = name.casefold()
-        node = next((c for c in self._children(contacts) if (c.name or "").casefold() == wanted), None)
+
+        def existing():
+            return next((c for c in self._children(contacts) if (c.name or "").casefold() == wanted), None)
+
+        node = existing()
         if node is None:
             node = Folder(parent=contacts, name=name, folder_class="IPF.Contact")
-            self._call(node.save, "EWS CreateFolder")
+            try:
+                self._call(node.save, "EWS CreateFolder", idempotent=False)
+            except ExchangeError as error:
+                # Our unanswered create may have worked: look before the caller tries again.
+                node = existing() if error.outcome_unknown else None
+                if node is None:
+                    raise
         return RemoteFolder(
             id=node.id,
             display_name=node.name or name,
@@ -724,29 +843,44 @@ class EwsBackend(MailboxBackend):
 
         Each request is retried as a whole when Exchange is busy (it then
         processed none of it); per-contact errors come back as ``ok=False``.
-        When the time budget ends, the remaining changes come back with
-        ``error_code="TimeBudgetExceeded"``.
+        A CreateItem left without an answer is not sent again: its contacts
+        come back with ``error_code="OutcomeUnknown"``.  When a request fails
+        (time budget spent, ...) the results already obtained are kept and
+        the remaining changes come back ``ok=False`` with the error's name
+        (``"TimeBudgetExceeded"``...).
         """
         results = [None] * len(changes)
         target = self._folder(folder.id)
-        try:
-            for op, chunk in _runs_of_same_op(changes, CONTACT_CHUNK):
+        account = self.account
+        runs = list(_runs_of_same_op(changes, CONTACT_CHUNK))
+        for number, (op, chunk) in enumerate(runs):
+            try:
                 self._check_budget()
                 answers = self._call(
-                    lambda op=op, chunk=chunk: self._contact_request(op, target, [changes[i] for i in chunk]),
+                    lambda op=op, chunk=chunk: self._contact_request(
+                        account, op, target, [changes[i] for i in chunk]
+                    ),
                     f"EWS contacts {op}",
+                    idempotent=op != "create",
                 )
-                for index, answer in zip(chunk, answers, strict=True):
-                    results[index] = _contact_result(changes[index], answer)
-        except TimeBudgetExceeded as stop:
-            results = [
-                result or ContactResult.not_applied(change, stop)
-                for result, change in zip(results, changes, strict=True)
-            ]
+            except ExchangeError as stop:
+                # Keep what earlier requests did: the caller must store those ids.
+                _logger.warning("contact %s for %s stopped: %s", op, self.account_email, stop)
+                for index in chunk:
+                    if stop.outcome_unknown:
+                        results[index] = ContactResult.outcome_unknown(changes[index], stop)
+                    else:
+                        results[index] = ContactResult.not_applied(changes[index], stop)
+                for _op, rest in runs[number + 1 :]:
+                    for index in rest:
+                        results[index] = ContactResult.not_applied(changes[index], stop)
+                break
+            for index, answer in zip(chunk, answers, strict=True):
+                results[index] = _contact_result(changes[index], answer)
         return results
 
-    def _contact_request(self, op, target, chunk):
-        account = self.account
+    @staticmethod
+    def _contact_request(account, op, target, chunk):
         if op == "create":
             items = [
                 _fill_contact(Contact(account=account, folder=target), change.contact) for change in chunk

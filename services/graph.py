@@ -17,8 +17,12 @@ bundle path or True) is what is used, a timeout on every call and always
   because a delta link only covers the window it was started with.
 - Contacts are pushed with ``$batch`` (at most 20 requests each), chained with
   ``dependsOn`` so the mailbox never runs more than one of them at a time;
-  items answered 429 (or 424 because an earlier link of the chain failed) are
-  sent again, and only those.
+  items answered 429/503 (or 424 because an earlier link of the chain failed)
+  are sent again, and only those; a batch item has its own ``Prefer`` header,
+  the outer one does not reach it.
+- A POST (``$batch``, folder create, move) is never sent again once it may
+  have reached Microsoft (read timeout, dropped connection, 502/504): the
+  error then has ``outcome_unknown`` set.
 """
 
 import json
@@ -49,6 +53,7 @@ from .errors import (
     FolderNotFound,
     ItemNotFound,
     SyncStateExpired,
+    ThrottledError,
     TimeBudgetExceeded,
     connection_problem,
 )
@@ -75,8 +80,11 @@ WELL_KNOWN_FOLDERS = {
     "junkemail": "junkemail",
     "outbox": "outbox",
 }
-_RETRYABLE_STATUS = {502, 503, 504}
-_BATCH_RETRY_STATUS = {429} | _RETRYABLE_STATUS
+#: Answers after which any request may be sent again: Microsoft did not run it.
+_NOT_EXECUTED_STATUS = {429, 503}
+#: Gateway answers: the request may have run behind the gateway, so only idempotent ones are sent again.
+_GATEWAY_STATUS = {502, 504}
+_IDEMPOTENT_METHODS = {"GET", "HEAD", "PUT", "PATCH", "DELETE"}
 _GRAPH_DATETIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d)?)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
 _ATTENDEE_RESPONSES = {
     "accepted": "accepted",
@@ -304,9 +312,21 @@ class GraphBackend(MailboxBackend):
             self._token = self.token_provider(force_refresh=force_refresh)
         return self._token
 
-    def _request(self, method, path, json_body=None, prefer=(), not_found=ItemNotFound, raw=False):
-        """Send one request with retries; return the parsed JSON (or the response when ``raw``)."""
+    def _request(
+        self, method, path, json_body=None, prefer=(), not_found=ItemNotFound, raw=False, idempotent=None
+    ):
+        """Send one request with retries; return the parsed JSON (or the response when ``raw``).
+
+        ``idempotent`` (default: by method, POST is not) decides what is
+        retried: a request that may have reached Microsoft (read timeout,
+        dropped connection, 502/504) is sent again only when idempotent, so
+        that a create never runs twice; a non-idempotent one then raises
+        with ``outcome_unknown`` set.  Connection failures before sending,
+        429 and 503 (Microsoft did not run the request) are always retried.
+        """
         url = self._url(path)
+        if idempotent is None:
+            idempotent = method.upper() in _IDEMPOTENT_METHODS
         headers = {}
         if prefer:
             headers["Prefer"] = ", ".join(('IdType="ImmutableId"',) + tuple(prefer))
@@ -322,8 +342,11 @@ class GraphBackend(MailboxBackend):
                     )
             except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
                 problem = connection_problem(exc, self.graph_url)
-                if problem.transient:
+                if isinstance(exc, requests.exceptions.ConnectTimeout):
+                    raise Retryable(problem) from exc  # nothing was sent
+                if problem.transient and idempotent:
                     raise Retryable(problem) from exc
+                problem.outcome_unknown = problem.transient
                 raise problem from exc
             status = response.status_code
             if status < 400:
@@ -358,13 +381,19 @@ class GraphBackend(MailboxBackend):
                     status,
                     request_id,
                 )
-            if status in _RETRYABLE_STATUS:
+            if status == 503 or (status in _GATEWAY_STATUS and idempotent):
                 raise Retryable(
                     ExchangeError(
                         message or "Service unavailable", code=code, status=status, request_id=request_id
                     ),
                     _retry_after(response.headers),
                 )
+            if status in _GATEWAY_STATUS:
+                error = ExchangeError(
+                    message or "Bad gateway", code=code, status=status, request_id=request_id
+                )
+                error.outcome_unknown = True
+                raise error
             if status == 404:
                 raise not_found(message or "Not found", code=code, status=status, request_id=request_id)
             if status == 410:
@@ -437,9 +466,12 @@ class GraphBackend(MailboxBackend):
                     not_found=FolderNotFound,
                 )
             except ExchangeError as error:
-                if error.code != "ErrorFolderExists":
+                if error.code != "ErrorFolderExists" and not error.outcome_unknown:
                     raise
-                node = self._child_folder(parent_id, name)  # created meanwhile by another worker
+                # Created meanwhile by another worker, or by our own unanswered request.
+                node = self._child_folder(parent_id, name)
+                if node is None:
+                    raise
         return node
 
     # -- messages -----------------------------------------------------------
@@ -507,7 +539,8 @@ class GraphBackend(MailboxBackend):
         """Move the message to Deleted Items, or delete it for good (``permanentDelete``) when ``hard``."""
         try:
             if hard:
-                self._request("POST", f"/messages/{_url_id(message_id)}/permanentDelete")
+                # Sent twice, the second finds nothing (404), which is the expected end state.
+                self._request("POST", f"/messages/{_url_id(message_id)}/permanentDelete", idempotent=True)
             else:
                 self._request("DELETE", f"/messages/{_url_id(message_id)}")
         except ItemNotFound:
@@ -545,18 +578,26 @@ class GraphBackend(MailboxBackend):
 
     def ensure_contact_folder(self, name):
         """Return the contact folder ``name`` (below Contacts), creating it if missing."""
-        query = quote(f"displayName eq {odata_quote(name)}", safe="'")
-        for node in self._request("GET", f"/contactFolders?$filter={query}").get("value") or []:
-            if (node.get("displayName") or "").casefold() == name.casefold():
-                break
-        else:
-            node = self._request("POST", "/contactFolders", json_body={"displayName": name})
+        node = self._contact_folder(name)
+        if node is None:
+            try:
+                node = self._request("POST", "/contactFolders", json_body={"displayName": name})
+            except ExchangeError as error:
+                # Our unanswered create may have worked: look before the caller tries again.
+                node = self._contact_folder(name) if error.outcome_unknown else None
+                if node is None:
+                    raise
         return RemoteFolder(
             id=node["id"],
             display_name=node.get("displayName") or name,
             path=node.get("displayName") or name,
             parent_id=node.get("parentFolderId"),
         )
+
+    def _contact_folder(self, name):
+        query = quote(f"displayName eq {odata_quote(name)}", safe="'")
+        found = self._request("GET", f"/contactFolders?$filter={query}").get("value") or []
+        return next((n for n in found if (n.get("displayName") or "").casefold() == name.casefold()), None)
 
     def _contact_request(self, folder, change):
         if change.op == "create":
@@ -592,13 +633,21 @@ class GraphBackend(MailboxBackend):
         attempts = [0] * len(changes)
         pending = list(range(len(changes)))
         policy = self.retry_policy
+        waited = 0.0
         while pending:
             batch, pending = pending[:BATCH_LIMIT], pending[BATCH_LIMIT:]
             try:
                 self._check_budget()
                 answers = self._send_batch(folder, changes, batch)
-            except TimeBudgetExceeded as stop:
-                for index in batch + pending:
+            except ExchangeError as stop:
+                # Keep what earlier batches did: the caller must store those ids.
+                _logger.warning("contact batch for %s stopped: %s", self.account_email, stop)
+                for index in batch:
+                    if stop.outcome_unknown:
+                        results[index] = ContactResult.outcome_unknown(changes[index], stop)
+                    else:
+                        results[index] = ContactResult.not_applied(changes[index], stop)
+                for index in pending:
                     results[index] = ContactResult.not_applied(changes[index], stop)
                 break
             retry, throttled_hints = [], []
@@ -609,7 +658,10 @@ class GraphBackend(MailboxBackend):
                     # batch depends on nothing, so each batch makes progress.
                     retry.append(index)
                     continue
-                if status in _BATCH_RETRY_STATUS and attempts[index] + 1 < policy.max_attempts:
+                if (
+                    self._item_may_be_resent(changes[index], status)
+                    and attempts[index] + 1 < policy.max_attempts
+                ):
                     attempts[index] += 1
                     retry.append(index)
                     throttled_hints.append(_retry_after(headers))
@@ -618,17 +670,43 @@ class GraphBackend(MailboxBackend):
             pending = retry + pending
             if throttled_hints:
                 hints = [hint for hint in throttled_hints if hint is not None]
-                wait = policy.delay(max(attempts[i] for i in retry) - 1, max(hints) if hints else None)
+                hint = max(hints) if hints else None
+                wait = policy.delay(max(attempts[i] for i in retry) - 1, hint)
                 remaining = self.budget.remaining() if self.budget is not None else None
-                if remaining is None or wait < remaining:
-                    policy.sleep(wait)
+                # Sending before Retry-After ends only prolongs the throttling: leave them to the next run.
+                stop = None
+                if remaining is not None and wait >= remaining:
+                    stop = TimeBudgetExceeded(
+                        "The run's time budget ends before Microsoft accepts more contact changes."
+                    )
+                elif waited + wait > policy.max_total_wait:
+                    stop = ThrottledError(
+                        "Microsoft keeps throttling the contact changes",
+                        retry_after=hint,
+                        code="TooManyRequests",
+                    )
+                if stop is not None:
+                    for index in pending:
+                        results[index] = ContactResult.not_applied(changes[index], stop)
+                    break
+                policy.sleep(wait)
+                waited += wait
         return results
+
+    @staticmethod
+    def _item_may_be_resent(change, status):
+        """A batch item answered ``status`` can be sent again without running twice."""
+        if status in _NOT_EXECUTED_STATUS:
+            return True
+        return status in _GATEWAY_STATUS and change.op != "create"
 
     def _send_batch(self, folder, changes, indexes):
         requests_ = []
         previous = None
         for index in indexes:
             request = dict(self._contact_request(folder, changes[index]), id=str(index))
+            # The outer Prefer does not reach batch items (on Graph as well): ask for immutable ids here.
+            request["headers"] = dict(request.get("headers") or {}, Prefer='IdType="ImmutableId"')
             if previous is not None:
                 request["dependsOn"] = [previous]
             requests_.append(request)

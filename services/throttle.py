@@ -101,8 +101,17 @@ class RetryPolicy:
 
     :param max_attempts: attempts in total (first try included).
     :param base_delay: backoff base in seconds; attempt n (from 0) waits up to ``base * 2**n``.
-    :param max_delay: cap of one wait, also applied to server hints.
+    :param max_delay: cap of one backoff wait; never applied to server hints.
     :param max_total_wait: give up when the waits of one call would exceed this.
+
+    A server hint (``Retry-After``, ``BackOffMilliseconds``) is never
+    shortened: Microsoft counts a request sent earlier against the client
+    and may throttle it longer.  When the hint does not fit in what this
+    call may still wait (``max_total_wait``) the call stops with the
+    :class:`~services.errors.ThrottledError` carrying the hint, and when it
+    does not fit in the run's budget with
+    :class:`~services.errors.TimeBudgetExceeded`: the next run resumes from
+    the saved state.
     """
 
     def __init__(
@@ -110,7 +119,7 @@ class RetryPolicy:
         max_attempts=8,
         base_delay=0.5,
         max_delay=30.0,
-        max_total_wait=120.0,
+        max_total_wait=300.0,
         sleep=time.sleep,
         rand=random.random,
     ):
@@ -126,7 +135,7 @@ class RetryPolicy:
         if retry_after is not None:
             # The server knows when it will accept us again; a little jitter
             # keeps parallel workers from coming back in the same millisecond.
-            return min(self.max_delay, max(0.0, float(retry_after)) * (1 + 0.1 * self.rand()))
+            return max(0.0, float(retry_after)) * (1 + 0.1 * self.rand())
         return self.rand() * min(self.max_delay, self.base_delay * (2**attempt))
 
     def call(self, attempt_fn, budget=None, what="request"):
@@ -148,15 +157,15 @@ class RetryPolicy:
                     _logger.warning("%s failed after %d attempts: %s", what, attempt + 1, error)
                     raise error from None
                 wait = self.delay(attempt, retry.retry_after)
-                if waited + wait > self.max_total_wait:
-                    _logger.warning("%s: giving up after waiting %.1fs: %s", what, waited, error)
-                    raise error from None
                 remaining = budget.remaining() if budget is not None else None
                 if remaining is not None and wait >= remaining:
                     raise TimeBudgetExceeded(
                         f"The run's time budget ends before Microsoft accepts more requests ({error})",
                         code=getattr(error, "code", None),
                     ) from None
+                if waited + wait > self.max_total_wait:
+                    _logger.warning("%s: giving up after waiting %.1fs: %s", what, waited, error)
+                    raise error from None
                 _logger.info(
                     "%s: %s, retrying in %.2fs (attempt %d)",
                     what,

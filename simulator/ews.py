@@ -538,8 +538,10 @@ class EwsApp:
             if sort_order is not None and calendar_view is None:
                 found = _sorted(found, sort_order)
             if calendar_view is not None:
-                limit = calendar_view.get("MaxEntriesReturned")
-                page = found[: int(limit)] if limit else found
+                limits = [int(limit) for limit in (calendar_view.get("MaxEntriesReturned"),) if limit]
+                if ctx.knobs.find_count_limit:
+                    limits.append(int(ctx.knobs.find_count_limit))
+                page = found[: min(limits)] if limits else found
                 last = len(page) == len(found)
                 message = response_message(messages, "FindItem")
                 parent_elem = sub(

@@ -28,6 +28,9 @@ class Knobs:
     sync_state_ttl_seconds: Optional[float] = None  # older delta tokens / SyncStates are refused
     token_lifetime_seconds: int = 3600  # access tokens issued for the mailbox
     page_size: Optional[int] = None  # overrides the server's default page size
+    # Exchange's EwsFindCountLimit (1000 by default): an EWS CalendarView answers at most this many
+    # items, with IncludesLastItemInRange="false" when it cut the list.
+    find_count_limit: Optional[int] = None
     seed: Optional[int] = None  # random seed for reproducible storms
 
 

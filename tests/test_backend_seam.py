@@ -66,6 +66,18 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
             self.tenant.request_log.count(endpoint="/v1.0/me", mailbox=remote.email, status=200), 2)
         self.assertEqual(user._exchange_mailbox().auth_failures, 0)
 
+    def test_a_disconnect_during_a_sync_is_not_undone_by_the_rotated_token(self):
+        remote = self.new_remote_mailbox("dirk")
+        self.tenant.knobs.set(remote.email, token_lifetime_seconds=60)  # every use refreshes
+        user = new_test_user(self.env, login="dirk.test", name="Dirk", exchange_account_type="graph",
+                             exchange_email=remote.email)
+        user.exchange_token_cache = self.sign_in(remote.email)
+        with user._exchange_backend() as backend:
+            backend.whoami()  # rotates the refresh token
+            user.action_exchange_disconnect()  # meanwhile, from the preferences
+        self.assertFalse(user.exchange_token_cache, "the sign-in stays forgotten")
+        self.assertEqual(user.exchange_state, "not_connected")
+
     def test_lockout_after_repeated_password_failures_stops_all_requests(self):
         user, remote = self.ews_user(self.env, "lars", password="wrong-password")
         user._exchange_mark_connected(remote.email)

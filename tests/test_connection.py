@@ -89,10 +89,43 @@ class TestExchangeConnectionTest(ExchangeTenantMixin, TransactionCase):
         self.assertConnectionFails(self.alice, "no longer accepts the sign-in of this mailbox")
         self.assertIn("Connect", self.alice.exchange_last_error)
 
-    def test_token_cache_without_this_account_asks_to_connect_again(self):
-        self.connect_without_browser(self.bob)
-        self.alice.sudo().exchange_token_cache = self.bob.sudo().exchange_token_cache
+    def test_token_cache_without_an_account_asks_to_connect_again(self):
+        self.alice.sudo().exchange_token_cache = '{"Account": {}, "RefreshToken": {}}'
         self.assertConnectionFails(self.alice, "no longer accepts the sign-in of this mailbox")
+
+    def test_sign_in_name_other_than_the_mailbox_address_is_found(self):
+        # Real tenants: the sign-in name (UPN) is often not the mailbox address. A user's cache
+        # holds their one verified sign-in, found without the name.
+        self.connect_without_browser(self.alice)
+        self.alice.exchange_email = "Alice.Example@contoso.example"
+        self.alice.sudo().exchange_token_cache = self.alice.sudo().exchange_token_cache  # reconnects
+        self.assertEqual(self.click_test_connection(self.alice)[0], "success")
+
+    def test_company_app_errors_do_not_lock_users_out(self):
+        # An expired client secret is the company's problem: no user may end up locked out by it.
+        self.env["ir.config_parameter"].sudo().set_param("exchange_connector.max_auth_failures", 2)
+        self.connect_without_browser(self.alice)
+        self.env["ir.config_parameter"].sudo().set_param("exchange_connector.client_secret", "expired")
+        self.env.invalidate_all()
+        self.tenant.identity.advance_clock(3700)
+        for _attempt in range(3):
+            self.assertConnectionFails(self.alice, "Microsoft rejected the application ID or secret")
+        self.assertEqual(self.alice.exchange_state, "connected")
+        self.assertFalse(self.alice._exchange_mailbox().auth_failures)
+
+    def test_pointing_the_user_at_another_mailbox_forgets_the_old_one(self):
+        self.connect_without_browser(self.alice)
+        mailbox = self.alice._exchange_mailbox()
+        mailbox.write({"mails_in_state": "delta-of-alice", "events_state": "calendar-of-alice"})
+        self.alice.exchange_email = BOB
+        self.assertEqual(mailbox.state, "not_connected", "Bob's mailbox needs its own sign-in")
+        self.assertFalse(mailbox.mails_in_state or mailbox.events_state or mailbox.connected_email)
+
+    def test_mailbox_status_is_private_to_its_user_and_administrators(self):
+        self.carol.with_user(self.carol).action_exchange_test_connection()
+        self.assertEqual(self.carol.with_user(self.carol).exchange_state, "connected")
+        as_bob = self.carol.with_user(self.bob)
+        self.assertEqual((as_bob.exchange_state, as_bob.exchange_connected_email), ("not_connected", False))
 
     def test_wrong_application_secret(self):
         self.connect_without_browser(self.alice)

@@ -1,3 +1,4 @@
+import time
 from urllib.parse import parse_qs, urlsplit
 
 from odoo.exceptions import AccessError, UserError
@@ -67,10 +68,8 @@ class TestExchangeOAuth(ExchangeTenantMixin, HttpCase):
         self.assertTrue(first_cache)
         first_refresh_tokens = self.refresh_tokens(first_cache)
         self.assertEqual(len(first_refresh_tokens), 1)
-        if "exchange_connected_email" in self.alice._fields:
-            self.assertEqual(self.alice.exchange_connected_email, ALICE)
-        if "exchange_state" in self.alice._fields:
-            self.assertEqual(self.alice.exchange_state, "connected")
+        self.assertEqual(self.alice.exchange_connected_email, ALICE)
+        self.assertEqual(self.alice.exchange_state, "connected")
 
         with self.alice._exchange_backend() as backend:
             self.assertEqual(backend.whoami().email, ALICE)
@@ -155,8 +154,7 @@ class TestExchangeOAuth(ExchangeTenantMixin, HttpCase):
             self.alice.with_user(self.bob).action_exchange_disconnect()
         self.alice.with_user(self.alice).action_exchange_disconnect()
         self.assertFalse(self.stored_cache(self.alice))
-        if "exchange_state" in self.alice._fields:
-            self.assertEqual(self.alice.exchange_state, "not_connected")
+        self.assertEqual(self.alice.exchange_state, "not_connected")
         check = self.alice.with_user(self.alice)._exchange_check_connection()
         self.assertFalse(check["ok"])
         self.assertIn("not connected", check["message"])
@@ -177,6 +175,22 @@ class TestExchangeOAuth(ExchangeTenantMixin, HttpCase):
         return self.make_jsonrpc_request(f"/web/dataset/call_button/{model}.{method}", {
             "model": model, "method": method, "args": [record.ids], "kwargs": {},
         })
+
+    def test_sign_in_cannot_be_started_from_another_site(self):
+        # A link elsewhere lacks the token of the Connect button (or has an old or foreign one).
+        self.authenticate("alice", "alice.pw")
+        self.tenant.request_log.clear()
+        old = self.alice._exchange_connect_token(issued=int(time.time()) - 3600)
+        for url in ("/exchange_connector/oauth/start",
+                    "/exchange_connector/oauth/start?token=1.forged",
+                    f"/exchange_connector/oauth/start?token={old}",
+                    f"/exchange_connector/oauth/start?token={self.bob._exchange_connect_token()}"):
+            response = self.url_open(url, allow_redirects=False)
+            self.assertEqual(response.status_code, 403, url)
+        self.assertEqual(self.tenant.request_log.count(protocol="identity"), 0)
+        # The button's own link still works.
+        authorize = self.tenant.authority + "/oauth2/v2.0/authorize"
+        self.assertTrue(self.start_connect("alice").startswith(authorize))
 
     def test_only_the_owner_can_connect(self):
         with self.assertRaisesRegex(UserError, "Only Alice can connect"):

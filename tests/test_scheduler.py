@@ -11,6 +11,7 @@ from odoo.tests import TransactionCase, new_test_user, tagged
 from odoo.tools import mute_logger
 
 from odoo.addons.exchange_connector.services import ExchangeError, RunBudget, TimeBudgetExceeded
+from odoo.addons.exchange_connector.services.ews import EwsBackend
 
 from .common import ExchangeTenantMixin
 from .test_backend_seam import MIME
@@ -20,6 +21,10 @@ MAILBOX_LOGGER = "odoo.addons.exchange_connector.models.exchange_mailbox"
 
 def _no_commit_progress(self, processed=0, *, remaining=None, deactivate=False):
     return float("inf")
+
+
+class WorkerKilled(BaseException):
+    """What a worker killed at limit_time_real looks like to the code it was running: nothing catches it."""
 
 
 class SchedulerMixin(ExchangeTenantMixin):
@@ -37,6 +42,48 @@ class SchedulerMixin(ExchangeTenantMixin):
         mailbox = user._exchange_mark_connected(remote.email)
         mailbox.next_sync = fields.Datetime.now() + due_in
         return user, remote, mailbox
+
+    @staticmethod
+    def ews_pages_of(size):
+        """Patch the EWS backends to list folders ``size`` changes per page (the seam uses the default)."""
+        init = EwsBackend.__init__
+
+        def init_with_small_pages(backend, *args, **kwargs):
+            init(backend, *args, **kwargs)
+            backend.page_size = size
+
+        return patch.object(EwsBackend, "__init__", init_with_small_pages)
+
+    def run_worker(self):
+        """``_cron_sync`` in a cursor of its own that commits, as a cron worker runs it."""
+        with self.registry.cursor() as cr:
+            # The test runner holds the registry lock that Environment() takes to look
+            # the registry up by name: hand it the registry instead.
+            cr.transaction = Transaction(self.registry)
+            api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"]._cron_sync()
+
+    def in_thread(self, target, name):
+        """Run ``target`` in a thread; return a function that joins it and re-raises what it raised."""
+        errors = []
+
+        def run():
+            try:
+                target()
+            except BaseException as error:  # noqa: BLE001 - re-raised in the test thread
+                errors.append(error)
+
+        thread = threading.Thread(target=run, name=name)
+        thread.start()
+
+        def join():
+            thread.join(timeout=90)
+            if thread.is_alive():
+                self.fail("the worker hung in:\n" + "".join(
+                    traceback.format_stack(sys._current_frames()[thread.ident])))
+            if errors:
+                raise errors[0]
+
+        return join
 
 
 @tagged("post_install", "-at_install")
@@ -220,6 +267,123 @@ class TestScheduler(SchedulerMixin, TransactionCase):
         self.assertEqual(self.tenant.request_log.count(mailbox=locked_remote.email), 0)
         self.assertEqual(self.tenant.request_log.count(mailbox=gone_remote.email), 0)
 
+    def test_no_mailbox_starts_without_enough_time_left_in_the_cron_run(self):
+        early_user, early_remote, early = self.connected_ews_user(
+            self.env, "tina", due_in=timedelta(hours=-2))
+        late_user, late_remote, late = self.connected_ews_user(self.env, "tom", due_in=timedelta(hours=-1))
+        reported = []
+
+        def cron_run_with_3_seconds_left(cron, processed=0, *, remaining=None, deactivate=False):
+            if remaining is not None:
+                reported.append(remaining)
+            return 3.0
+
+        with patch.object(type(self.env["ir.cron"]), "_commit_progress", cron_run_with_3_seconds_left):
+            self.Mailbox._cron_sync()
+        self.assertFalse(self.runs_of(early_user) | self.runs_of(late_user),
+                         "not even the first mailbox starts")
+        self.assertEqual(self.tenant.request_log.count(mailbox=early_remote.email), 0)
+        self.assertEqual(self.Mailbox.search(self.Mailbox._due_domain()) & (early | late), early | late)
+        self.assertGreaterEqual(reported[0], 2, "both are reported as remaining: Odoo runs the job again")
+
+        # The administrator's budget cuts the time of a run outside the cron runner as well.
+        self.env["ir.config_parameter"].set_param("exchange_connector.cron_time_budget", "4")
+        self.run_cron()
+        self.assertFalse(self.runs_of(early_user) | self.runs_of(late_user))
+        self.assertEqual(self.tenant.request_log.count(mailbox=late_remote.email), 0)
+
+    def test_the_deadline_is_checked_before_every_mailbox(self):
+        early_user, early_remote, early = self.connected_ews_user(
+            self.env, "tilda", due_in=timedelta(hours=-2))
+        late_user, late_remote, late = self.connected_ews_user(self.env, "theo", due_in=timedelta(hours=-1))
+        self.add_mails(early_remote, 1)
+        now = [0.0]
+        import_page = type(self.Mailbox)._import_message_page
+
+        def import_page_until_4_seconds_are_left(mailbox, folder_kind, page, run):
+            import_page(mailbox, folder_kind, page, run)
+            now[0] = 6
+
+        def budget_on_the_test_clock(seconds):
+            return RunBudget(seconds, clock=lambda: now[0])
+
+        # 10 seconds left in the cron run, and a budget of 60: the cron's 10 count.
+        with patch.object(type(self.env["ir.cron"]), "_commit_progress", return_value=10.0), \
+                patch(f"{MAILBOX_LOGGER}.RunBudget", budget_on_the_test_clock), \
+                patch.object(type(self.Mailbox), "_import_message_page",
+                             import_page_until_4_seconds_are_left):
+            self.Mailbox._cron_sync()
+        self.assertEqual(set(self.runs_of(early_user).mapped("state")), {"done"})
+        self.assertFalse(early.sync_lease_until, "the lease ends with the sync")
+        self.assertFalse(self.runs_of(late_user), "4 seconds left: the next mailbox does not start")
+        self.assertEqual(self.tenant.request_log.count(mailbox=late_remote.email), 0)
+        self.assertIn(late, self.Mailbox.search(self.Mailbox._due_domain()))
+
+    def test_a_live_lease_is_skipped_and_an_expired_one_taken_over(self):
+        busy_user, busy_remote, busy = self.connected_ews_user(self.env, "bea", due_in=timedelta(hours=-2))
+        dead_user, dead_remote, dead = self.connected_ews_user(self.env, "dirk", due_in=timedelta(hours=-1))
+        now = fields.Datetime.now()
+        busy.write({"sync_lease_until": now + timedelta(minutes=2), "sync_lease_token": "a-running-worker"})
+        dead.write({"sync_lease_until": now - timedelta(seconds=1), "sync_lease_token": "a-dead-worker",
+                    "sync_requested": True})
+        seen_during_sync = []
+        import_page = type(self.Mailbox)._import_message_page
+
+        def import_page_observed(mailbox, folder_kind, page, run):
+            import_page(mailbox, folder_kind, page, run)
+            seen_during_sync.append(
+                (mailbox.sync_lease_until, mailbox.sync_lease_token, mailbox.sync_requested))
+
+        with patch.object(type(self.Mailbox), "_import_message_page", import_page_observed):
+            self.run_cron()
+
+        self.assertFalse(self.runs_of(busy_user))
+        self.assertEqual(self.tenant.request_log.count(mailbox=busy_remote.email), 0)
+        self.assertEqual(busy.sync_lease_token, "a-running-worker", "another worker's lease is left alone")
+        self.assertEqual(set(self.runs_of(dead_user).mapped("state")), {"done"})
+        self.assertEqual(set(self.runs_of(dead_user).mapped("trigger")), {"manual"})
+        lease_until, token, requested = seen_during_sync[0]
+        self.assertGreater(lease_until, fields.Datetime.now() + timedelta(seconds=60), "budget plus margin")
+        self.assertNotIn(token, (False, "a-dead-worker"))
+        self.assertFalse(requested, "the request is cleared when the sync starts")
+        self.assertEqual((dead.sync_lease_until, dead.sync_lease_token, dead.sync_requested),
+                         (False, False, False))
+        self.assertGreater(dead.next_sync, fields.Datetime.now() + timedelta(minutes=14))
+
+    def test_a_crash_after_the_second_page_keeps_the_pages_before(self):
+        user, remote, mailbox = self.connected_ews_user(self.env, "pia", due_in=timedelta(hours=-1))
+        self.add_mails(remote, 5)
+        states = []
+        import_page = type(self.Mailbox)._import_message_page
+
+        def import_page_crashing_at_the_third(mailbox, folder_kind, page, run):
+            import_page(mailbox, folder_kind, page, run)
+            if folder_kind == "in":
+                states.append(page.state)
+                if len(states) == 3:
+                    raise ValueError("a bug in the mail import")
+
+        with patch.object(type(self.Mailbox), "_import_message_page", import_page_crashing_at_the_third), \
+                self.ews_pages_of(2), mute_logger(MAILBOX_LOGGER):
+            self.run_cron()
+        crash = self.runs_of(user, "mails")
+        self.assertEqual((crash.state, crash.exc_name, crash.count_skipped), ("failed", "ValueError", 4))
+        self.assertEqual(mailbox.mails_in_state, states[1], "the state saved is that of the second page")
+
+        mailbox.next_sync = fields.Datetime.now() - timedelta(seconds=1)
+        with self.ews_pages_of(2):
+            self.run_cron()
+        resumed = self.runs_of(user, "mails")[-1]
+        self.assertEqual((resumed.state, resumed.count_skipped), ("done", 1), "only the third page is redone")
+
+    def test_the_administrators_minimum_interval_applies_to_existing_users(self):
+        user, _remote, mailbox = self.connected_ews_user(
+            self.env, "mira", due_in=timedelta(minutes=-1), exchange_sync_interval=5)
+        self.env["ir.config_parameter"].set_param("exchange_connector.min_sync_interval", "60")
+        self.run_cron()
+        self.assertEqual(set(self.runs_of(user).mapped("state")), {"done"})
+        self.assertGreater(mailbox.next_sync, fields.Datetime.now() + timedelta(minutes=59))
+
 
 @tagged("post_install", "-at_install")
 class TestSchedulerConcurrency(SchedulerMixin, TransactionCase):
@@ -256,8 +420,8 @@ class TestSchedulerConcurrency(SchedulerMixin, TransactionCase):
             partners.unlink()
 
     def test_two_workers_never_sync_the_same_mailbox(self):
-        # Worker "first" takes the most overdue mailbox and keeps it locked, inside its sync,
-        # until worker "second" has done a complete pass. "second" must skip the locked one
+        # Worker "first" leases the most overdue mailbox and stays inside its sync until worker
+        # "second" has done a complete pass. "second" must skip the leased one
         # and sync the others; "first" then finds those no longer due.
         first_inside, second_done = threading.Event(), threading.Event()
         synced = {"first": [], "second": []}
@@ -277,11 +441,7 @@ class TestSchedulerConcurrency(SchedulerMixin, TransactionCase):
             try:
                 if before:
                     before()
-                with self.registry.cursor() as cr:
-                    # The test runner holds the registry lock that Environment() takes to look
-                    # the registry up by name: hand it the registry instead.
-                    cr.transaction = Transaction(self.registry)
-                    api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"]._cron_sync()
+                self.run_worker()
             except Exception as error:  # noqa: BLE001 - re-raised in the test thread
                 errors.append(error)
             finally:
@@ -315,11 +475,151 @@ class TestSchedulerConcurrency(SchedulerMixin, TransactionCase):
         self.assertEqual(states, {"done"})
         all_synced = synced["first"] + synced["second"]
         self.assertEqual(len(synced["first"]), 1)
-        self.assertEqual(len(synced["second"]), 4, "the second worker skipped only the locked mailbox")
+        self.assertEqual(len(synced["second"]), 4, "the second worker skipped only the leased mailbox")
         self.assertEqual(sorted(all_synced), sorted(mailbox_ids))
         for email in self.emails.values():
             self.assertEqual(self.tenant.request_log.count(endpoint="SyncFolderItems", mailbox=email), 2,
                              "one listing of each transfer folder per mailbox")
+
+
+@tagged("post_install", "-at_install")
+class TestSchedulerLease(SchedulerMixin, TransactionCase):
+    """The lease and the per-page commits, seen from other cursors, as users and workers see them.
+
+    Each test commits its own users (a worker runs in a cursor of its own) and removes them.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.start_tenant()  # on-premises mailboxes only: no company settings to commit
+
+    def committed_user(self, name, due_in=timedelta(minutes=-1), mails=0):
+        with self.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            user, remote, mailbox = self.connected_ews_user(env, name, due_in=due_in)
+            user_id, mailbox_id = user.id, mailbox.id
+        self.add_mails(remote, mails)
+        self.addCleanup(self.remove_committed_user, user_id)
+        return user_id, remote, mailbox_id
+
+    def remove_committed_user(self, user_id):
+        with self.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            user = env["res.users"].browse(user_id)
+            partner = user.partner_id
+            env["exchange.sync.run"].search([("user_id", "=", user_id)]).unlink()
+            env["exchange.mailbox"].search([("user_id", "=", user_id)]).unlink()
+            user.unlink()
+            partner.unlink()
+
+    def read_committed(self, model, record_id, *field_names):
+        with self.registry.cursor() as cr:
+            record = api.Environment(cr, SUPERUSER_ID, {})[model].browse(record_id)
+            return [record[name] for name in field_names]
+
+    def runs_committed(self, user_id, kind="mails"):
+        with self.registry.cursor() as cr:
+            runs = api.Environment(cr, SUPERUSER_ID, {})["exchange.sync.run"].search(
+                [("user_id", "=", user_id), ("kind", "=", kind)], order="id")
+            return [(run.state, run.exc_name, run.count_skipped) for run in runs]
+
+    def paused_before_the_first_page(self):
+        """Patch the EWS listing to wait, before its first page, until the test resumes it.
+
+        The pause is between two pages of the sync, where a worker talks to Microsoft.
+        """
+        paused, resume = threading.Event(), threading.Event()
+        sync_messages = EwsBackend.sync_messages
+
+        def sync_messages_pausing(backend, folder, state):
+            for page in sync_messages(backend, folder, state):
+                if not paused.is_set():
+                    paused.set()
+                    resume.wait(timeout=60)
+                yield page
+
+        self.addCleanup(resume.set)
+        return patch.object(EwsBackend, "sync_messages", sync_messages_pausing), paused, resume
+
+    def as_user_without_waiting(self, user_id, method):
+        """Call ``method`` on the user, in a cursor of its own that fails instead of waiting for a lock."""
+        with self.registry.cursor() as cr:
+            cr.transaction = Transaction(self.registry)
+            # Not a sleep: only a bound, so that a row locked by the sync fails the test, not hangs it.
+            cr.execute("SET LOCAL lock_timeout = '5s'")
+            user = api.Environment(cr, SUPERUSER_ID, {})["res.users"].browse(user_id)
+            getattr(user.with_user(user), method)()
+
+    def test_a_killed_worker_loses_only_the_page_it_was_on(self):
+        user_id, _remote, mailbox_id = self.committed_user("kilian", mails=5)
+        self.enterContext(self.ews_pages_of(2))
+        states = []
+        import_page = type(self.env["exchange.mailbox"])._import_message_page
+
+        def import_page_killed_at_the_third(mailbox, folder_kind, page, run):
+            import_page(mailbox, folder_kind, page, run)
+            if folder_kind == "in":
+                states.append(page.state)
+                if len(states) == 3:
+                    raise WorkerKilled()
+
+        with patch.object(type(self.env["exchange.mailbox"]), "_import_message_page",
+                          import_page_killed_at_the_third), self.assertRaises(WorkerKilled):
+            self.in_thread(self.run_worker, "killed")()
+
+        saved_state, lease_until = self.read_committed(
+            "exchange.mailbox", mailbox_id, "mails_in_state", "sync_lease_until")
+        self.assertEqual(saved_state, states[1], "pages 1 and 2 were committed with their state")
+        self.assertEqual(self.runs_committed(user_id), [("started", False, 4)])
+        self.assertGreater(lease_until, fields.Datetime.now(), "the dead worker's lease still holds")
+        self.in_thread(self.run_worker, "too early")()
+        self.assertEqual(len(self.runs_committed(user_id)), 1, "no second worker while the lease lives")
+
+        with self.registry.cursor() as cr:
+            api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"].browse(mailbox_id).sync_lease_until = \
+                fields.Datetime.now() - timedelta(seconds=1)
+        self.in_thread(self.run_worker, "after the lease")()
+        self.assertEqual(self.runs_committed(user_id)[-1], ("done", False, 1), "only the lost page is redone")
+
+    def test_disconnect_during_a_sync_does_not_wait_for_it(self):
+        user_id, _remote, mailbox_id = self.committed_user("dora", mails=1)
+        pausing, paused, resume = self.paused_before_the_first_page()
+        with pausing:
+            join = self.in_thread(self.run_worker, "syncing")
+            self.assertTrue(paused.wait(timeout=60))
+            self.as_user_without_waiting(user_id, "action_exchange_disconnect")
+            resume.set()
+            join()
+        state, saved_state, lease, next_sync = self.read_committed(
+            "exchange.mailbox", mailbox_id, "state", "mails_in_state", "sync_lease_until", "next_sync")
+        self.assertEqual((state, saved_state, lease, next_sync), ("not_connected", False, False, False),
+                         "the sync stopped without writing its state over the disconnection")
+        self.assertEqual(self.runs_committed(user_id), [("partial", "MailboxReleased", 0)])
+
+    def test_sync_now_during_a_sync_is_kept(self):
+        user_id, _remote, mailbox_id = self.committed_user("sven", mails=1)
+        pausing, paused, resume = self.paused_before_the_first_page()
+        with pausing:
+            join = self.in_thread(self.run_worker, "syncing")
+            self.assertTrue(paused.wait(timeout=60))
+            self.as_user_without_waiting(user_id, "action_exchange_sync_now")
+            resume.set()
+            join()
+        self.assertEqual(self.runs_committed(user_id), [("done", False, 1)])
+        requested, lease = self.read_committed(
+            "exchange.mailbox", mailbox_id, "sync_requested", "sync_lease_until")
+        self.assertEqual((requested, lease), (True, False), "the request outlives the sync that was running")
+        with self.registry.cursor() as cr:
+            Mailbox = api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"]
+            self.assertIn(mailbox_id, Mailbox.search(Mailbox._due_domain()).ids, "due again at once")
+
+        self.in_thread(self.run_worker, "requested")()
+        self.assertEqual(self.read_committed("exchange.mailbox", mailbox_id, "sync_requested"), [False])
+        with self.registry.cursor() as cr:
+            runs = api.Environment(cr, SUPERUSER_ID, {})["exchange.sync.run"].search(
+                [("user_id", "=", user_id), ("kind", "=", "mails")], order="id")
+            self.assertEqual(runs.mapped("trigger"), ["cron", "manual"])
 
 
 @tagged("post_install", "-at_install")

@@ -53,7 +53,29 @@ def test_server_hint_wins_over_backoff():
     assert policy.delay(0, retry_after=7) == 7
     policy.rand = lambda: 1.0
     assert policy.delay(5, retry_after=2) == pytest.approx(2.2)  # at most 10% jitter on a hint
-    assert policy.delay(0, retry_after=300) == 30.0  # capped
+    assert policy.delay(0, retry_after=300) >= 300  # max_delay caps backoff, never a hint
+
+
+def test_a_long_hint_is_never_shortened():
+    """Retry-After 120 s with the default policy: wait it all, or stop and leave it to the next run."""
+    clock = FakeClock()
+    policy = RetryPolicy(sleep=clock.sleep, rand=lambda: 0.0, max_total_wait=600)
+    attempt = failing(1, retry=lambda: throttled("busy", "TooManyRequests", retry_after=120))
+    assert policy.call(attempt) == "ok"
+    assert clock.sleeps == [120]
+
+    too_short = RetryPolicy(sleep=clock.sleep, rand=lambda: 0.0, max_total_wait=60)
+    with pytest.raises(ThrottledError) as raised:
+        too_short.call(failing(1, retry=lambda: throttled("busy", "TooManyRequests", retry_after=120)))
+    assert raised.value.retry_after == 120
+    assert clock.sleeps == [120]  # gave up without a shortened wait
+
+    budget = RunBudget(100, clock=clock)
+    with pytest.raises(TimeBudgetExceeded):
+        policy.call(
+            failing(1, retry=lambda: throttled("busy", "TooManyRequests", retry_after=120)), budget=budget
+        )
+    assert clock.sleeps == [120]
 
 
 def test_retries_until_success_sleeping_the_hint():
