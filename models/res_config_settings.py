@@ -31,6 +31,10 @@ class ResConfigSettings(models.TransientModel):
         "CA bundle for Microsoft", config_parameter="exchange_connector.ca_bundle_path",
         help="Path of a PEM file on the Odoo server that signs the identity platform and Graph "
              "certificates. Leave empty to trust the system's certificate authorities.")
+    exchange_ews_allowed_hosts = fields.Char(
+        "Allowed Exchange servers", config_parameter="exchange_connector.ews_allowed_hosts",
+        help="Comma-separated host names users may enter as their EWS server (\"*.example.com\" allows "
+             "a domain's hosts). Empty: any host.")
     exchange_default_sync_interval = fields.Integer(
         "Default sync interval (minutes)", config_parameter="exchange_connector.default_sync_interval",
         default=DEFAULT_SYNC_INTERVAL)

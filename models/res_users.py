@@ -35,6 +35,7 @@ OAUTH_STATE_SCOPE = "exchange_connector_oauth"
 OAUTH_CALLBACK_PATH = "/exchange_connector/oauth/callback"
 CONNECT_TOKEN_SCOPE = "exchange_connector_connect"
 CONNECT_TOKEN_LIFETIME = 600  # seconds between a click on Connect and the redirect it causes
+MAX_EVENT_WINDOW_DAYS = 3650
 # Which mailbox a user's settings point at: changing one of these starts over with another mailbox.
 MAILBOX_IDENTITY_FIELDS = {"exchange_account_type", "exchange_email", "exchange_ews_url"}
 # Writing any of these means the user fixed their credentials: the lockout is lifted.
@@ -158,9 +159,35 @@ class ResUsers(models.Model):
     @api.constrains("exchange_event_days_back", "exchange_event_days_ahead")
     def _check_exchange_event_window(self):
         for user in self:
-            if user.exchange_event_days_back < 0 or user.exchange_event_days_ahead < 0:
+            for days in (user.exchange_event_days_back, user.exchange_event_days_ahead):
+                if not 0 <= days <= MAX_EVENT_WINDOW_DAYS:
+                    raise ValidationError(self.env._(
+                        "The event window counts days back and days ahead: use 0 to %(maximum)s for both.",
+                        maximum=MAX_EVENT_WINDOW_DAYS))
+
+    @api.constrains("exchange_ews_url", "exchange_ews_auth")
+    def _check_exchange_ews_url(self):
+        # Test connection reports whether a host answers: without a limit, any user could use it
+        # to probe the company network. Administrators name the Exchange servers users may enter.
+        param = self.env["ir.config_parameter"].sudo().get_param("exchange_connector.ews_allowed_hosts")
+        allowed = [host.strip().lower() for host in (param or "").split(",") if host.strip()]
+        for user in self.filtered("exchange_ews_url"):
+            parts = urlsplit(user.exchange_ews_url.strip())
+            host = (parts.hostname or "").lower()
+            if parts.scheme not in ("https", "http") or not host:
                 raise ValidationError(self.env._(
-                    "The event window counts days back and days ahead: use 0 or more for both."))
+                    "The EWS URL of %(user)s is not a web address: it looks like "
+                    "https://mail.example.com/EWS/Exchange.asmx.", user=user.name))
+            if parts.scheme == "http" and user.exchange_ews_auth == "basic":
+                raise ValidationError(self.env._(
+                    "Basic authentication would send the password of %(user)s readable over http: use the "
+                    "https:// address of the server, or NTLM.", user=user.name))
+            if allowed and not any(
+                    host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]))
+                    for pattern in allowed):
+                raise ValidationError(self.env._(
+                    "%(host)s is not one of the Exchange servers your administrator allows (%(allowed)s): "
+                    "ask them, or check the EWS URL.", host=host, allowed=", ".join(allowed)))
 
     @api.model_create_multi
     def create(self, vals_list):

@@ -53,6 +53,25 @@ class TestUserSettings(TransactionCase):
         anna.write({"exchange_sync_interval": 10})
         self.assertEqual(self.anna.exchange_sync_interval, 10)
 
+    def test_ews_url_is_checked_against_the_allowed_servers(self):
+        anna = self.anna.with_user(self.anna)
+        with self.assertRaisesRegex(ValidationError, "not a web address"):
+            anna.write({"exchange_ews_url": "mail.example.com"})
+        plain = "http://mail.example.com/EWS/Exchange.asmx"
+        with self.assertRaisesRegex(ValidationError, "readable over http"):
+            anna.write({"exchange_ews_url": plain, "exchange_ews_auth": "basic"})
+        anna.write({"exchange_ews_url": plain, "exchange_ews_auth": "ntlm"})
+        self.env["ir.config_parameter"].sudo().set_param(
+            "exchange_connector.ews_allowed_hosts", "mail.example.com, *.corp.example.org")
+        with self.assertRaisesRegex(ValidationError, "intranet.example.com is not one of the Exchange"):
+            anna.write({"exchange_ews_url": "https://intranet.example.com/EWS/Exchange.asmx"})
+        anna.write({"exchange_ews_url": "https://ex01.corp.example.org/EWS/Exchange.asmx"})
+        self.assertEqual(self.anna.exchange_ews_url, "https://ex01.corp.example.org/EWS/Exchange.asmx")
+
+    def test_event_window_is_bounded(self):
+        with self.assertRaisesRegex(ValidationError, "use 0 to 3650"):
+            self.anna.write({"exchange_event_days_back": 100000})
+
     def test_admin_minimum_cannot_exceed_default(self):
         with self.assertRaisesRegex(ValidationError, "cannot be below the minimum"):
             self.env["res.config.settings"].create({
