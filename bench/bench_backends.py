@@ -17,11 +17,10 @@ import os
 import resource
 import sys
 import time
-from urllib.parse import parse_qsl, urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from services.auth import GraphOAuth, new_http_session  # noqa: E402
+from services.auth import GraphOAuth  # noqa: E402
 from services.backend import ContactChange, RemoteContact  # noqa: E402
 from services.ews import EwsBackend  # noqa: E402
 from services.graph import BATCH_LIMIT, GraphBackend  # noqa: E402
@@ -49,14 +48,7 @@ def seed_mails(mailbox, folder_id, count):
 def graph_backend(tenant, mailbox, page_size):
     oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, tenant.authority, verify=tenant.ca_path)
     flow = oauth.start_sign_in(REDIRECT_URI, login_hint=mailbox.email, response_mode="query")
-    browser = new_http_session(tenant.ca_path)
-    answer = browser.post(
-        flow["auth_uri"],
-        data={"login": mailbox.email, "password": PASSWORD},
-        allow_redirects=False,
-        timeout=10,
-    )
-    signed_in = oauth.finish_sign_in(flow, dict(parse_qsl(urlsplit(answer.headers["Location"]).query)))
+    signed_in = oauth.finish_sign_in(flow, tenant.browser_sign_in(flow["auth_uri"], mailbox.email, PASSWORD))
     provider = oauth.delegated_token_provider(signed_in.email)
     return GraphBackend(
         mailbox.email, provider, graph_url=tenant.graph_url, verify=tenant.ca_path, page_size=page_size

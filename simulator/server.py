@@ -8,6 +8,7 @@ JSON admin API.  graph.py and ews.py are imported lazily so the tenant runs
 """
 
 import collections
+import html
 import importlib
 import io
 import json
@@ -19,7 +20,9 @@ import tempfile
 import threading
 import time
 import uuid
+from urllib.parse import parse_qsl, urlsplit
 
+import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -219,6 +222,35 @@ class Tenant:
     def register_app(self, client_id, client_secret, redirect_uris, name="App", roles=None):
         """Register an application with the identity platform; returns the App."""
         return self.identity.register_app(client_id, client_secret, redirect_uris, name=name, roles=roles)
+
+    def browser_sign_in(self, auth_uri, login, password):
+        """Fill this tenant's sign-in page as a browser would; return what it sends back to the app.
+
+        ``auth_uri`` is the authorize URL a client built (msal's ``flow["auth_uri"]``). The answer
+        parameters (``code``, ``state``, ...) come from the redirect's query string, or, with
+        ``response_mode=form_post``, from the auto-submitting form. AssertionError, with the
+        page's text, when the sign-in was refused.
+        """
+        answer = self._post_sign_in_form(auth_uri, login, password)
+        if answer.status_code in (302, 303):
+            return dict(parse_qsl(urlsplit(answer.headers["Location"]).query))
+        fields = {name: html.unescape(value) for name, value in
+                  re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)"', answer.text)}
+        assert "code" in fields, answer.text[:500]
+        return fields
+
+    def browser_sign_in_redirect(self, auth_uri, login, password):
+        """Like :meth:`browser_sign_in` (``response_mode=query``); return the URL the browser is sent to."""
+        answer = self._post_sign_in_form(auth_uri, login, password)
+        assert answer.status_code in (302, 303), answer.text[:500]
+        return answer.headers["Location"]
+
+    def _post_sign_in_form(self, auth_uri, login, password):
+        with requests.Session() as browser:
+            browser.trust_env = False  # REQUESTS_CA_BUNDLE would replace verify
+            browser.verify = self.ca_path
+            return browser.post(auth_uri, data={"login": login, "password": password},
+                                allow_redirects=False, timeout=30)
 
     def seed(self, scenario):
         """Add a scenario (path, YAML/JSON text or dict) to the running tenant."""

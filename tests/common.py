@@ -1,13 +1,11 @@
-import html
 import json
-import re
-from urllib.parse import parse_qs, parse_qsl, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from odoo.tests import new_test_user
 from odoo.tests.common import _super_send
 
 from odoo.addons.exchange_connector.services import AuthenticationError
-from odoo.addons.exchange_connector.services.auth import GraphOAuth, new_http_session
+from odoo.addons.exchange_connector.services.auth import GraphOAuth
 from odoo.addons.exchange_connector.simulator import Tenant
 
 
@@ -114,33 +112,12 @@ class ExchangeTenantMixin:
         """Run the real authorization-code flow against the tenant; return msal's token cache blob."""
         oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, cls.tenant.authority, verify=cls.tenant.ca_path)
         flow = oauth.start_sign_in(DIRECT_REDIRECT_URI, login_hint=email)
-        browser = new_http_session(cls.tenant.ca_path)
-        try:
-            answer = browser.post(flow["auth_uri"], data={"login": email, "password": password},
-                                  allow_redirects=False, timeout=10)
-        finally:
-            browser.close()
-        if answer.status_code in (302, 303):
-            fields = dict(parse_qsl(urlsplit(answer.headers["Location"]).query))
-        else:
-            # response_mode=form_post: the auto-submitting form a browser would POST to the redirect URI.
-            fields = {name: html.unescape(value) for name, value in
-                      re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)"', answer.text)}
-        assert "code" in fields, answer.text[:300]
-        return oauth.finish_sign_in(flow, fields).cache_blob
-
-    def tenant_session(self):
-        """A browser stand-in for the Microsoft sign-in page (trusts only the tenant's CA)."""
-        session = new_http_session(self.tenant.ca_path)
-        self.addCleanup(session.close)
-        return session
+        answer = cls.tenant.browser_sign_in(flow["auth_uri"], email, password)
+        return oauth.finish_sign_in(flow, answer).cache_blob
 
     def sign_in_at_microsoft(self, auth_uri, login, password=PASSWORD):
         """Fill the tenant's login form; return the URL it sends the browser back to."""
-        answer = self.tenant_session().post(
-            auth_uri, data={"login": login, "password": password}, allow_redirects=False)
-        self.assertEqual(answer.status_code, 302, answer.text[:500])
-        return answer.headers["Location"]
+        return self.tenant.browser_sign_in_redirect(auth_uri, login, password)
 
     def connect_without_browser(self, user, login=None):
         """Connect ``user`` through the model API (what the controller does), for tests of later steps."""

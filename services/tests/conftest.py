@@ -4,13 +4,11 @@ The tenant is started once per session; every test gets a mailbox of its
 own (so the tests never see each other's mail) and reset knobs.
 """
 
-import html
 import itertools
-import re
 
 import pytest
 
-from services.auth import GraphOAuth, new_http_session
+from services.auth import GraphOAuth
 from services.ews import EwsBackend
 from services.graph import GraphBackend
 from services.throttle import RetryPolicy
@@ -57,13 +55,7 @@ def _sign_in(tenant, email, password=PASSWORD):
     """Run the real authorization-code flow (PKCE, form_post) against the tenant; returns the SignedIn."""
     client = _oauth(tenant)
     flow = client.start_sign_in(REDIRECT_URI, login_hint=email)
-    browser = new_http_session(tenant.ca_path)
-    answer = browser.post(flow["auth_uri"], data={"login": email, "password": password}, timeout=10)
-    browser.close()
-    # The auto-submitting form the browser would POST to the redirect URI.
-    fields = dict(re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)"', answer.text))
-    assert "code" in fields, answer.text[:500]
-    return client.finish_sign_in(flow, {name: html.unescape(value) for name, value in fields.items()})
+    return client.finish_sign_in(flow, tenant.browser_sign_in(flow["auth_uri"], email, password))
 
 
 def _test_retry_policy():

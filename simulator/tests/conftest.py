@@ -5,7 +5,6 @@ generated once per process), seeded with TEST_SCENARIO: one confidential app
 and two mailboxes.  Knobs are reset and the tenant stopped afterwards.
 """
 
-from urllib.parse import parse_qs, urlsplit
 
 import msal
 import pytest
@@ -80,22 +79,12 @@ def msal_app(tenant, session, client_secret=CLIENT_SECRET, client_id=CLIENT_ID):
     )
 
 
-def sign_in(session, auth_uri, login, password=PASSWORD):
-    """Drive the authorize page like a browser: POST the login form to the URL msal built.
-
-    Returns the query parameters of the redirect (code, state, ...) or raises
-    AssertionError with the page text when the tenant did not redirect.
-    """
-    response = session.post(auth_uri, data={"login": login, "password": password}, allow_redirects=False)
-    assert response.status_code == 302, response.text[:500]
-    return {k: v[0] for k, v in parse_qs(urlsplit(response.headers["Location"]).query).items()}
-
-
 def user_tokens(tenant, session, login=ALICE, scopes=GRAPH_SCOPES, app=None):
     """Complete the authorization-code flow with PKCE through msal; returns (msal result, app)."""
     app = app or msal_app(tenant, session)
     flow = app.initiate_auth_code_flow(scopes, redirect_uri=REDIRECT_URI, login_hint=login)
-    result = app.acquire_token_by_auth_code_flow(flow, sign_in(session, flow["auth_uri"], login))
+    answer = tenant.browser_sign_in(flow["auth_uri"], login, PASSWORD)
+    result = app.acquire_token_by_auth_code_flow(flow, answer)
     assert "access_token" in result, result
     return result, app
 
@@ -133,7 +122,7 @@ class OAuthHelper:
         return msal_app(self.tenant, self.session, client_secret=client_secret, client_id=client_id)
 
     def sign_in(self, auth_uri, login=ALICE, password=PASSWORD):
-        return sign_in(self.session, auth_uri, login, password)
+        return self.tenant.browser_sign_in(auth_uri, login, password)
 
     def user_tokens(self, login=ALICE, scopes=GRAPH_SCOPES, app=None):
         return user_tokens(self.tenant, self.session, login, scopes, app)

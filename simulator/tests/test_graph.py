@@ -8,7 +8,6 @@ import base64
 import datetime
 import pathlib
 import threading
-import urllib.parse
 
 import msal
 import pytest
@@ -149,11 +148,8 @@ def alice_delegated_token(tenant):
     app = _msal_app(tenant)
     flow = app.initiate_auth_code_flow(["Mail.ReadWrite", "Calendars.Read", "Contacts.ReadWrite"],
                                        redirect_uri=REDIRECT_URI)
-    answer = _http(tenant).post(flow["auth_uri"], data={"login": ALICE, "password": "Alice-Pa55"},
-                                allow_redirects=False)
-    assert answer.status_code == 302, answer.text
-    auth_response = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(answer.headers["Location"]).query))
-    result = app.acquire_token_by_auth_code_flow(flow, auth_response)
+    answer = tenant.browser_sign_in(flow["auth_uri"], ALICE, "Alice-Pa55")
+    result = app.acquire_token_by_auth_code_flow(flow, answer)
     assert "access_token" in result, result
     return result["access_token"]
 
