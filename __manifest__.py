@@ -1,7 +1,7 @@
 {
     "name": "Exchange & Office 365 Connector",
     "summary": "Mails and meetings from Exchange / Office 365 into Odoo, partners out to Outlook contacts",
-    "version": "19.0.1.0.0",
+    "version": "19.0.2.0.0",
     "category": "Productivity/Discuss",
     "author": "Exchange Connector Team",
     "website": "https://github.com/exchange-connector/exchange_connector",
