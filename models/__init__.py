@@ -3,3 +3,5 @@ from . import exchange_mailbox
 from . import exchange_sync_run
 from . import res_config_settings
 from . import res_users
+from . import exchange_address_choice
+from . import res_partner

@@ -6,3 +6,4 @@ from . import test_backend_seam
 from . import test_binding
 from . import test_scheduler
 from . import test_discuss_sync
+from . import test_address_matching
