@@ -472,6 +472,13 @@ class GraphApp:
                 if str(dependency) not in by_id:
                     raise GraphError(400, "BadRequest", f"Request with Id '{item_id}' depends on an unknown "
                                                         f"request '{dependency}'.")
+            _check_batch_write(item_id, item)
+        # Graph's known issues (JSON batching): a batch is fully parallel (no dependsOn) or fully
+        # sequential (every request but the first depends on another); a mix is refused.
+        independent = [i for i, item in by_id.items() if not item.get("dependsOn")]
+        sequential = len(independent) < len(by_id)
+        if sequential and independent != [str(requests_[0]["id"])]:
+            raise GraphError(400, "BadRequest", "Batch should be either fully sequential or fully parallel")
         answers = {}
         pending = dict(by_id)
         while pending:
@@ -489,6 +496,11 @@ class GraphApp:
                         424, "BadRequest", f"Failed dependency: request '{failed[0]}' failed.")))
                 else:
                     runnable.append((item_id, item))
+            if sequential:
+                for item_id, item in runnable:
+                    answer = self._run_batch_item(call, item)
+                    answers[item_id] = (answer.status, answer)
+                continue
             # Exchange Online runs independent batch items in parallel: that is what
             # makes a 20-request batch hit the 4-per-mailbox concurrency limit.
             futures = [(item_id, self._batch_pool.submit(self._run_batch_item, call, item))
@@ -550,6 +562,16 @@ class GraphApp:
                 headers.setdefault("Content-Type", "application/json")
                 shaped["body"] = answer.body
         return shaped
+
+
+def _check_batch_write(item_id, item):
+    """A write item (POST, PUT, PATCH) needs a body and its Content-Type, else Graph refuses the batch."""
+    if str(item.get("method", "")).upper() not in ("POST", "PUT", "PATCH"):
+        return
+    headers = {str(k).lower() for k in (item.get("headers") or {})}
+    if "content-type" not in headers or "body" not in item:
+        raise GraphError(400, "BadRequest",
+                         f"Write request id : {item_id} does not contain Content-Type header or body.")
 
 
 # ------------------------------------------------------------------ helpers for handlers
