@@ -24,6 +24,7 @@ from werkzeug.wrappers import Request, Response
 from . import graph_render as render
 from .graph_delta import DeltaTokens, SyncStateError
 from .knobs import Refused
+from .store import is_well_formed_id
 
 UTC = datetime.timezone.utc
 JSON_CONTENT_TYPE = ("application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;"
@@ -224,7 +225,7 @@ def match_route(method, segments):
         for part, segment in zip(parts, segments, strict=True):
             if part.startswith("{"):
                 params.append(urllib.parse.unquote(segment))
-            elif part.lower() != segment.lower():
+            elif part.lower() not in (segment.lower(), _function_name(segment)):
                 break
         else:
             literals = sum(1 for p in parts if not p.startswith("{"))
@@ -239,6 +240,16 @@ def match_route(method, segments):
             return handler, params, endpoint
     raise GraphError(405, "Request_BadRequest",
                      f"The HTTP method '{method}' is not allowed for this resource.")
+
+
+def _function_name(segment):
+    """"delta" for "delta()": Graph accepts a function with or without its (empty) parentheses,
+    and the official SDKs send the parentheses."""
+    name = segment.lower()
+    return name[:-2] if name.endswith("()") and name[:-2] in FUNCTION_SEGMENTS else None
+
+
+FUNCTION_SEGMENTS = ("delta",)
 
 
 def _permission_family(segments):
@@ -576,13 +587,12 @@ def _check_batch_write(item_id, item):
 
 # ------------------------------------------------------------------ helpers for handlers
 
-_ID_CHARS = re.compile(r"^[A-Za-z0-9+/=_\-]+$")
 MAIL_WELL_KNOWN = {"msgfolderroot", "inbox", "drafts", "sentitems", "deleteditems", "junkemail", "outbox",
                    "archive"}
 
 
 def _check_id(value):
-    if not value or len(value) < 8 or not _ID_CHARS.match(value):
+    if not is_well_formed_id(value):
         raise GraphError(400, "ErrorInvalidIdMalformed", "Id is malformed.")
 
 

@@ -448,6 +448,35 @@ def test_message_delta_initial_then_incremental_with_removed(tenant, graph):
     assert tenant.request_log.count(protocol="graph", endpoint="GET /mailFolders/{id}/messages/delta") >= 5
 
 
+def test_delta_in_the_odata_function_form(tenant, graph, weekly_series):
+    # The official SDKs call ".../messages/delta()"; Graph accepts it as ".../messages/delta".
+    folder = make_folder(graph, "Delta Function")
+    seed_messages(tenant, folder["id"], 3, subject="Function")
+    entries, _pages, delta_link = _delta_round(graph, "mailFolders/{}/messages/delta()".format(folder["id"]), 10)
+    assert sorted(e["subject"] for e in entries) == ["Function 00", "Function 01", "Function 02"]
+    assert _delta_round(graph, delta_link, 10)[0] == []
+    window = "startDateTime=2024-04-01T00:00:00Z&endDateTime=2024-04-08T00:00:00Z"
+    for path in ("calendarView/delta()", "calendar/calendarView/delta()"):
+        entries, _pages, _link = _delta_round(graph, f"{path}?{window}", 10)
+        assert [e["subject"] for e in entries] == ["Stand-up", "Stand-up"], path
+    assert tenant.request_log.count(protocol="graph", endpoint="GET /mailFolders/{id}/messages/delta") >= 2
+    # Only functions take parentheses.
+    assert graph.get("mailFolders()").status_code == 400
+
+
+def test_malformed_ids_are_400_and_missing_ids_404(graph):
+    for path in ("messages/does-not-exist", "events/does-not-exist", "contacts/not%20an%20id",
+                 "mailFolders/short", "messages/AAMk"):
+        malformed = graph.get(path)
+        assert malformed.status_code == 400, path
+        assert malformed.json()["error"]["code"] == "ErrorInvalidIdMalformed", path
+    missing = base64.urlsafe_b64encode(b"M" + bytes(32)).decode()
+    for path in ("messages/", "events/", "contacts/", "mailFolders/"):
+        answer = graph.get(path + missing)
+        assert answer.status_code == 404, path
+        assert answer.json()["error"]["code"] == "ErrorItemNotFound", path
+
+
 def test_message_delta_expired_or_garbage_token_is_410(tenant, graph):
     folder = make_folder(graph, "Delta Expiry")
     seed_messages(tenant, folder["id"], 3)
