@@ -452,7 +452,8 @@ def test_delta_in_the_odata_function_form(tenant, graph, weekly_series):
     # The official SDKs call ".../messages/delta()"; Graph accepts it as ".../messages/delta".
     folder = make_folder(graph, "Delta Function")
     seed_messages(tenant, folder["id"], 3, subject="Function")
-    entries, _pages, delta_link = _delta_round(graph, "mailFolders/{}/messages/delta()".format(folder["id"]), 10)
+    start = "mailFolders/{}/messages/delta()".format(folder["id"])
+    entries, _pages, delta_link = _delta_round(graph, start, 10)
     assert sorted(e["subject"] for e in entries) == ["Function 00", "Function 01", "Function 02"]
     assert _delta_round(graph, delta_link, 10)[0] == []
     window = "startDateTime=2024-04-01T00:00:00Z&endDateTime=2024-04-08T00:00:00Z"
