@@ -24,7 +24,7 @@ from werkzeug.wrappers import Request, Response
 from . import graph_render as render
 from .graph_delta import DeltaTokens, SyncStateError
 from .knobs import Refused
-from .store import is_well_formed_id
+from .store import is_well_formed_id, occurrence_ical_uid
 
 UTC = datetime.timezone.utc
 JSON_CONTENT_TYPE = ("application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;"
@@ -1117,6 +1117,9 @@ def _event_shape(ctx, event_or_occurrence, select=None, tz=None):
             series_id = ctx.item_id(master)
         shape = render.event(occ, item_id, ctx.mailbox.email, tz, label, kind, series_id,
                              occ.original_start, ctx.want_text_body)
+        per_occurrence = not ctx.knobs or ctx.knobs.occurrence_ical_uid == "per_occurrence"
+        if series_id and per_occurrence and shape.get("iCalUId"):
+            shape["iCalUId"] = occurrence_ical_uid(shape["iCalUId"], occ.original_start)
     else:
         event = event_or_occurrence
         shape = render.event(event, ctx.item_id(event), ctx.mailbox.email, tz, label,

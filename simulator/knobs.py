@@ -35,10 +35,14 @@ class Knobs:
     # out a new one); some identity providers rotate strictly. True: a redeemed refresh token is
     # refused with AADSTS70008, so a client must persist every rotated token.
     refresh_token_single_use: bool = False
+    # Graph's iCalUId of the occurrences and exceptions of a series: "per_occurrence" as the v1.0
+    # documentation says (each differs), or "shared" (the series' one), as some mailboxes answer.
+    occurrence_ical_uid: str = "per_occurrence"
     seed: Optional[int] = None  # random seed for reproducible storms
 
 
 KNOB_NAMES = tuple(f.name for f in fields(Knobs))
+OCCURRENCE_ICAL_UIDS = ("per_occurrence", "shared")
 
 
 class Refused(Exception):
@@ -84,6 +88,8 @@ class KnobRegistry:
         unknown = set(values) - set(KNOB_NAMES)
         if unknown:
             raise ValueError("unknown knobs: {}".format(", ".join(sorted(unknown))))
+        if values.get("occurrence_ical_uid", "shared") not in OCCURRENCE_ICAL_UIDS:
+            raise ValueError("occurrence_ical_uid is one of: " + ", ".join(OCCURRENCE_ICAL_UIDS))
         with self._lock:
             target = (
                 self._tenant_wide

@@ -374,6 +374,22 @@ def occurrence_id(master, original_start):
     return _b64(b"\x07" + raw[1:] + stamp + b"\x00")
 
 
+GLOBAL_OBJECT_ID_CLASS = "040000008200E00074C5B7101A82E008"
+
+
+def occurrence_ical_uid(series_uid, original_start):
+    """iCalUId of one occurrence as Graph v1.0 documents it ("different for each occurrence").
+
+    Exchange derives it from the series' GlobalObjectId with the instance date
+    (year: 2 bytes, month, day) in bytes 16-19, where the series has zeros.
+    """
+    day = as_utc(original_start).date()
+    stamp = f"{day.year:04X}{day.month:02X}{day.day:02X}"
+    if series_uid.upper().startswith(GLOBAL_OBJECT_ID_CLASS) and len(series_uid) >= 40:
+        return series_uid[:32] + stamp + series_uid[40:]
+    return series_uid + stamp
+
+
 def parse_occurrence_id(value):
     """Return (master immutable id, original start) or None if not an occurrence id."""
     try:
@@ -849,7 +865,8 @@ class Mailbox:
             folder = self.folder(folder_id or "calendar")
             item_id, immutable_id = self._new_item_ids()
             fields = _normalise_event_fields(fields)
-            fields.setdefault("ical_uid", "040000008200E00074C5B7101A82E008" + uuid.uuid4().hex.upper())
+            # A series' GlobalObjectId has no instance date (zeros in bytes 16-19).
+            fields.setdefault("ical_uid", GLOBAL_OBJECT_ID_CLASS + "00000000" + uuid.uuid4().hex.upper())
             event = Event(id=item_id, immutable_id=immutable_id, folder_id=folder.id, kind="event", **fields)
             return self._add_item(event)
 

@@ -33,8 +33,8 @@ def tenant():
 # The tenant's behaviour where Microsoft's documentation and real tenants (or other identity
 # providers) differ: every contract test runs under both settings of these knobs.
 TENANT_FLAVOURS = {
-    "documented": {"refresh_token_single_use": False},
-    "strict": {"refresh_token_single_use": True},
+    "documented": {"refresh_token_single_use": False, "occurrence_ical_uid": "per_occurrence"},
+    "alternative": {"refresh_token_single_use": True, "occurrence_ical_uid": "shared"},
 }
 
 

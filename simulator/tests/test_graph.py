@@ -550,6 +550,32 @@ def test_calendar_view_expands_recurring_series(graph, weekly_series):
     assert one["type"] == "occurrence" and one["seriesMasterId"] == weekly_series.id
 
 
+def test_occurrence_ical_uid_per_occurrence_or_shared(tenant, graph, weekly_series):
+    # Graph v1.0, event resource: iCalUId is "different for each occurrence in a recurring series";
+    # some mailboxes answer the series' one: the knob occurrence_ical_uid picks.
+    window = "startDateTime=2024-04-01T00:00:00Z&endDateTime=2024-04-21T00:00:00Z"
+    master = graph.get("events/" + weekly_series.id, "event").json()
+
+    def series_uids():
+        items, _, _ = graph.all_pages("calendarView?" + window, "event")
+        return [e["iCalUId"] for e in items if e.get("seriesMasterId") == weekly_series.id]
+
+    documented = series_uids()
+    assert len(documented) == 5 and len(set(documented)) == 5
+    assert master["iCalUId"] not in documented
+    series_uid = master["iCalUId"]
+    assert all(uid[:32] == series_uid[:32] and uid[40:] == series_uid[40:] for uid in documented)
+    assert documented[0][32:40] == "07E80401", "the instance date (2024-04-01) in bytes 16-19"
+    first = graph.get(f"events/{weekly_series.id}/instances?{window}").json()["value"][0]
+    assert graph.get("events/" + first["id"]).json()["iCalUId"] == documented[0]
+
+    tenant.knobs.set(ALICE, occurrence_ical_uid="shared")
+    assert series_uids() == [master["iCalUId"]] * 5
+    assert graph.get("events/" + weekly_series.id).json()["iCalUId"] == master["iCalUId"]
+    with pytest.raises(ValueError):
+        tenant.knobs.set(ALICE, occurrence_ical_uid="sometimes")
+
+
 def test_events_list_masters_and_all_day_events(tenant, graph, weekly_series):
     mailbox = tenant.store.mailbox(ALICE)
     holiday = mailbox.add_event(subject="Holiday", is_all_day=True, time_zone="Romance Standard Time",
