@@ -928,6 +928,9 @@ def _page(found, view, knobs):
             offset = max(len(found) - offset - (limit or 0), 0)
     if knobs is not None and getattr(knobs, "page_size", None):
         limit = min(limit, knobs.page_size) if limit else knobs.page_size
+    if knobs is not None and knobs.find_count_limit:
+        # EWSFindCountLimit caps every answer, whatever MaxEntriesReturned asked for.
+        limit = min(limit, knobs.find_count_limit) if limit else knobs.find_count_limit
     page = found[offset : offset + limit] if limit else found[offset:]
     return page, offset, offset + len(page) >= len(found)
 

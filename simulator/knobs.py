@@ -28,9 +28,9 @@ class Knobs:
     sync_state_ttl_seconds: Optional[float] = None  # older delta tokens / SyncStates are refused
     token_lifetime_seconds: int = 3600  # access tokens issued for the mailbox
     page_size: Optional[int] = None  # overrides the server's default page size
-    # Exchange's EwsFindCountLimit (1000 by default): an EWS CalendarView answers at most this many
-    # items, with IncludesLastItemInRange="false" when it cut the list.
-    find_count_limit: Optional[int] = None
+    # Exchange's EwsFindCountLimit (1000 by default): an EWS FindItem / FindFolder answers at most
+    # this many items, with IncludesLastItemInRange="false" when it cut the list. None: no limit.
+    find_count_limit: Optional[int] = 1000
     # Microsoft's identity platform keeps a refresh token valid after it is redeemed (it only hands
     # out a new one); some identity providers rotate strictly. True: a redeemed refresh token is
     # refused with AADSTS70008, so a client must persist every rotated token.
