@@ -1051,7 +1051,7 @@ def messages_delta(ctx, reference):
     size = state.get("size") or (ctx.knobs and ctx.knobs.page_size) or DEFAULT_PAGE_SIZE
     select = [s.strip() for s in (state.get("select") or "").split(",") if s.strip()] or None
     initial = state["base"] == 0
-    changes, _ = ctx.mailbox.changes_since(folder.id, state["base"])
+    changes, _ = ctx.mailbox.changes_since(folder.id, state["base"], upto=state["upper"])
     changes = sorted((c for c in changes if state["cursor"] < c.seq <= state["upper"]), key=lambda c: c.seq)
     if initial:
         changes = [c for c in changes if c.kind != "deleted"]

@@ -127,7 +127,7 @@ def new_change_key():
 class Change:
     """One coalesced change of an item (or folder) as reported to a sync client."""
 
-    kind: str  # "created" | "updated" | "deleted"
+    kind: str  # "created" | "updated" | "read_flag" (only is_read changed) | "deleted"
     item_id: str
     immutable_id: str
     seq: int
@@ -931,7 +931,9 @@ class Mailbox:
                 setattr(item, key, value)
             item.change_key = new_change_key()
             item.last_modified = utcnow()
-            self._record("updated", item.id, item.immutable_id, item.folder_id)
+            # Exchange tells a change of the read flag alone apart (EWS ReadFlagChange).
+            kind = "read_flag" if item.kind == "message" and set(fields) == {"is_read"} else "updated"
+            self._record(kind, item.id, item.immutable_id, item.folder_id)
             return item
 
     def move_item(self, item_id, dest_folder_id):
@@ -994,25 +996,29 @@ class Mailbox:
             return None
 
     # -- sync
-    def changes_since(self, folder_id, seq):
-        """Coalesced item changes in a folder after ``seq``; returns (changes, new high-water seq).
+    def changes_since(self, folder_id, seq, upto=None):
+        """Coalesced item changes in a folder after ``seq`` (and up to ``upto`` when given);
+        returns (changes, new high-water seq).
 
         One Change per item id: created then updated stays "created", anything then
-        deleted is "deleted", created then deleted inside the window is omitted.
+        deleted is "deleted", created then deleted inside the window is omitted;
+        "read_flag" stays so only while nothing else changed.
         """
         with self._lock:
             folder_id = self.folder(folder_id).id
-            return self._coalesce(folder_id, seq, is_folder=False), self._seq
+            return self._coalesce(folder_id, seq, is_folder=False, upto=upto), self._seq
 
     def folder_changes_since(self, seq):
         """Coalesced folder-hierarchy changes after ``seq``: (changes, new high-water seq)."""
         with self._lock:
             return self._coalesce(None, seq, is_folder=True), self._seq
 
-    def _coalesce(self, folder_id, seq, is_folder):
+    def _coalesce(self, folder_id, seq, is_folder, upto=None):
         merged = {}
         order = []
         for entry_seq, kind, item_id, immutable_id, entry_folder, entry_is_folder in self._log_after(seq):
+            if upto is not None and entry_seq > upto:
+                break
             if entry_is_folder != is_folder or (folder_id is not None and entry_folder != folder_id):
                 continue
             if item_id not in merged:
@@ -1030,7 +1036,7 @@ class Mailbox:
                 )
             else:
                 previous.seq = entry_seq
-                if previous.kind == "deleted":
+                if previous.kind == "deleted" or (previous.kind == "read_flag" and kind != "read_flag"):
                     previous.kind = "updated"
         return [merged[i] for i in order if merged[i] is not None]
 

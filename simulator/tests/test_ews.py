@@ -222,15 +222,46 @@ def test_sync_items_reports_creates_updates_and_deletes(tenant, mailbox, auth_ty
     items = mailbox.items_in(folder.id)
     mailbox.update_item(items[0].id, is_read=True)
     mailbox.delete_item(items[1].id, soft=False)
+    mailbox.update_item(items[2].id, is_read=True)
+    mailbox.update_item(items[2].id, categories=["Odoo"])
     added = mailbox.add_message(folder.id, mime(99))
     second = list(transfer.sync_items(only_fields=["subject"]))
 
     kinds = {kind: item for kind, item in second}
-    assert sorted(kinds) == ["create", "delete", "update"]
+    assert sorted(kinds) == ["create", "delete", "read_flag_change", "update"]
     assert kinds["create"].id == added.id
     assert kinds["delete"].id == items[1].id
-    assert kinds["update"].id == items[0].id
+    # Exchange reports a change of the read flag alone as ReadFlagChange (ItemId + IsRead).
+    flag_id, is_read = kinds["read_flag_change"]
+    assert (flag_id.id, flag_id.changekey, is_read) == (items[0].id, items[0].change_key, True)
+    assert kinds["update"].id == items[2].id, "read and then changed otherwise: an Update"
     assert list(transfer.sync_items()) == []
+
+
+def test_fresh_sync_paged_below_the_folder_size_reports_only_what_is_there(tenant, mailbox):
+    folder = seed_transfer_folder(mailbox, 3)
+    elsewhere = mailbox.create_folder(mailbox.folder("inbox").id, "Elsewhere")
+    base = datetime(2024, 2, 1, tzinfo=UTC)
+    for number in range(5):
+        mailbox.add_message(folder.id, mime(10 + number), received=base + timedelta(minutes=number))
+    for item in [i for i in mailbox.items_in(folder.id) if i.subject in {f"Message {n}" for n in range(3)}]:
+        mailbox.move_item(item.id, elsewhere.id)
+    account = account_for(tenant, mailbox)
+    transfer = account.inbox / "Transfer In"
+
+    changes = list(transfer.sync_items(only_fields=["subject"], max_changes_returned=2))
+    assert [kind for kind, _ in changes] == ["create"] * 5
+    assert sorted(item.subject for _, item in changes) == [f"Message {n}" for n in range(10, 15)]
+    given = {item.id for _, item in changes}
+
+    # Changes while paging through a later round: deletions only of ids the client was given.
+    moved_id = mailbox.items_in(folder.id)[0].id
+    mailbox.move_item(moved_id, elsewhere.id)
+    fresh = mailbox.add_message(folder.id, mime(20))
+    mailbox.delete_item(fresh.id, soft=False)
+    later = list(transfer.sync_items(only_fields=["subject"], max_changes_returned=1))
+    assert [(kind, item.id) for kind, item in later] == [("delete", moved_id)]
+    assert moved_id in given
 
 
 def test_mime_content_and_attachment_are_readable(tenant, mailbox):
