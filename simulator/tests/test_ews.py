@@ -359,6 +359,52 @@ def _email(address):
     return EmailAddress(email=address, label="EmailAddress1")
 
 
+def test_indexed_contact_fields_are_answered(tenant, mailbox):
+    # exchangelib asks for email_addresses, phone_numbers and physical_addresses one entry at a time,
+    # by IndexedFieldURI (contacts:EmailAddress FieldIndex="EmailAddress1", ...): Exchange answers them.
+    stored = mailbox.add_contact(
+        given_name="Ada",
+        surname="Lovelace",
+        email_addresses=[("Ada", "ada@example.com"), ("Ada home", "ada@home.example")],
+        business_phones=["+32 2 000"],
+        mobile_phone="+32 475 000",
+        business_address={"street": "Rue 1", "city": "Brussels", "postal_code": "1000", "country": "Belgium"},
+    )
+    account = account_for(tenant, mailbox)
+    wanted = ("email_addresses", "phone_numbers", "physical_addresses")
+    found = list(account.contacts.all().only(*wanted))
+    fetched = list(account.fetch([(stored.id, None)], only_fields=wanted))
+    for contact in (found[0], fetched[0]):
+        assert sorted((e.label, e.email) for e in contact.email_addresses) == [
+            ("EmailAddress1", "ada@example.com"),
+            ("EmailAddress2", "ada@home.example"),
+        ]
+        assert sorted((p.label, p.phone_number) for p in contact.phone_numbers) == [
+            ("BusinessPhone", "+32 2 000"),
+            ("MobilePhone", "+32 475 000"),
+        ]
+        [address] = contact.physical_addresses
+        assert (address.label, address.street, address.city, address.zipcode, address.country) == (
+            "Business", "Rue 1", "Brussels", "1000", "Belgium"
+        )
+
+    # One entry asked, one entry answered (and only the parts asked of an address).
+    answer = soap(
+        tenant,
+        "<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties>"
+        '<t:IndexedFieldURI FieldURI="contacts:EmailAddress" FieldIndex="EmailAddress2"/>'
+        '<t:IndexedFieldURI FieldURI="contacts:PhysicalAddress:City" FieldIndex="Business"/>'
+        "</t:AdditionalProperties></m:ItemShape>"
+        f'<m:ItemIds><t:ItemId Id="{stored.id}"/></m:ItemIds></m:GetItem>',
+        mailbox.email,
+    )
+    contact = etree.fromstring(answer.content).find(".//{*}Contact")
+    entries = [(e.getparent().tag.split("}")[1], e.get("Key")) for e in contact.iter("{*}Entry")]
+    assert entries == [("EmailAddresses", "EmailAddress2"), ("PhysicalAddresses", "Business")]
+    assert [child.tag.split("}")[1] for child in contact.find(".//{*}PhysicalAddresses")[0]] == ["City"]
+    assert contact.find(".//{*}PhoneNumbers") is None
+
+
 def test_update_with_stale_change_key_is_a_conflict(tenant, mailbox):
     stored = mailbox.add_contact(given_name="Grace", surname="Hopper")
     account = account_for(tenant, mailbox)
