@@ -13,6 +13,7 @@ from datetime import date, datetime, timezone
 from lxml import etree
 
 from .ews_xml import element, ordered, sub, t
+from .store import as_utc, occurrence_id
 
 # Element order of the complex types we emit (subsets of types.xsd sequences, in schema order).
 # fmt: off
@@ -600,6 +601,7 @@ def calendar_item_element(occurrence, shape, folder, master=None):
         ("calendar:AppointmentSequenceNumber", lambda: element(t("AppointmentSequenceNumber"), 0)),
         ("calendar:AppointmentState", lambda: element(t("AppointmentState"), 1 if attendees else 0)),
         ("calendar:Recurrence", lambda: recurrence_element(recurrence) if is_master and recurrence else None),
+        ("calendar:ModifiedOccurrences", lambda: _modified_occurrences(source) if is_master else None),
         ("calendar:DeletedOccurrences", lambda: _deleted_occurrences(source) if is_master else None),
         ("calendar:StartTimeZone", lambda: element(t("StartTimeZone"), Id=zone)),
         ("calendar:EndTimeZone", lambda: element(t("EndTimeZone"), Id=zone)),
@@ -647,6 +649,23 @@ def _duration(delta):
     hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
     return f"P{days}DT{hours}H{minutes}M{seconds}S"
+
+
+def _modified_occurrences(event):
+    """``t:ModifiedOccurrences`` of a series master: each exception's id, start, end and original start."""
+    cancelled = {as_utc(value) for value in getattr(event, "cancelled_occurrences", None) or []}
+    exceptions = {as_utc(original): overrides for original, overrides in (event.exceptions or {}).items()}
+    wrapper = element(t("ModifiedOccurrences"))
+    for original in sorted(set(exceptions) - cancelled):
+        overrides = exceptions[original]
+        start = as_utc(overrides.get("start", original))
+        end = as_utc(overrides.get("end", start + (event.end - event.start)))
+        entry = sub(wrapper, t("Occurrence"))
+        sub(entry, t("ItemId"), Id=occurrence_id(event, original), ChangeKey=event.change_key)
+        sub(entry, t("Start"), start)
+        sub(entry, t("End"), end)
+        sub(entry, t("OriginalStart"), original)
+    return wrapper if len(wrapper) else None
 
 
 def _deleted_occurrences(event):

@@ -325,6 +325,15 @@ def test_calendar_view_expands_recurring_series(tenant, mailbox, auth_type):
     masters = [i for i in account.calendar.all() if i.type == "RecurringMaster"]
     assert len(masters) == 1
     assert masters[0].recurrence.boundary.number == 5
+    # The master names its exceptions (ModifiedOccurrences) and its cancelled dates (DeletedOccurrences).
+    [modified] = masters[0].modified_occurrences
+    assert (modified.id, modified.start, modified.end, modified.original_start) == (
+        view[2].id,
+        EWSDateTime(2024, 3, 11, 11, 0, tzinfo=tz),
+        EWSDateTime(2024, 3, 11, 12, 0, tzinfo=tz),
+        EWSDateTime(2024, 3, 11, 9, 0, tzinfo=tz),
+    )
+    assert [d.start for d in masters[0].deleted_occurrences] == [EWSDateTime(2024, 3, 18, 9, 0, tzinfo=tz)]
 
 
 @pytest.mark.parametrize("auth_type", [BASIC, NTLM])
