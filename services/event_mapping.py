@@ -35,7 +35,10 @@ def series_uid(ical_uid):
     """
     if not ical_uid:
         return ical_uid
-    if ical_uid[: len(OUTLOOK_UID_CLASS)].upper() == OUTLOOK_UID_CLASS and len(ical_uid) > _INSTANCE_DATE.stop:
+    if (
+        ical_uid[: len(OUTLOOK_UID_CLASS)].upper() == OUTLOOK_UID_CLASS
+        and len(ical_uid) > _INSTANCE_DATE.stop
+    ):
         return ical_uid[: _INSTANCE_DATE.start] + "00000000" + ical_uid[_INSTANCE_DATE.stop :]
     return ical_uid
 

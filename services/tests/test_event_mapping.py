@@ -31,10 +31,16 @@ def test_match_key_is_the_same_whether_a_mailbox_shares_the_uid_across_the_serie
     original = datetime(2024, 6, 10, 9, tzinfo=UTC)
     shared = RemoteEvent(id="a", ical_uid=CLEAN, type="occurrence", original_start=original)
     per_occurrence = RemoteEvent(
-        id="b", ical_uid=occurrence_uid(original.date()), type="exception", original_start=original,
-        start=original + timedelta(days=1))
+        id="b",
+        ical_uid=occurrence_uid(original.date()),
+        type="exception",
+        original_start=original,
+        start=original + timedelta(days=1),
+    )
     assert event_match_key(shared) == event_match_key(per_occurrence)
-    next_week = RemoteEvent(id="c", ical_uid=CLEAN, type="occurrence", original_start=original + timedelta(days=7))
+    next_week = RemoteEvent(
+        id="c", ical_uid=CLEAN, type="occurrence", original_start=original + timedelta(days=7)
+    )
     assert event_match_key(next_week) != event_match_key(shared)
     assert event_match_key(RemoteEvent(id="d", ical_uid=CLEAN)) == CLEAN
     assert event_match_key(RemoteEvent(id="e")) is None
@@ -42,18 +48,26 @@ def test_match_key_is_the_same_whether_a_mailbox_shares_the_uid_across_the_serie
 
 def test_timed_event_times_are_naive_utc():
     event = RemoteEvent(
-        id="a", start=datetime(2024, 3, 31, 9, tzinfo=timezone(timedelta(hours=2))),
-        end=datetime(2024, 3, 31, 10, 30, tzinfo=timezone(timedelta(hours=2))))
+        id="a",
+        start=datetime(2024, 3, 31, 9, tzinfo=timezone(timedelta(hours=2))),
+        end=datetime(2024, 3, 31, 10, 30, tzinfo=timezone(timedelta(hours=2))),
+    )
     assert event_times(event) == {
-        "allday": False, "start": datetime(2024, 3, 31, 7), "stop": datetime(2024, 3, 31, 8, 30)}
+        "allday": False,
+        "start": datetime(2024, 3, 31, 7),
+        "stop": datetime(2024, 3, 31, 8, 30),
+    }
 
 
 def test_all_day_dates_survive_edges_seen_from_any_zone():
     for offset in (-10, -5, 0, 1, 2, 9, 11):
         zone = timezone(timedelta(hours=offset))
         event = RemoteEvent(
-            id="a", is_all_day=True,
-            start=datetime(2024, 6, 3, tzinfo=zone), end=datetime(2024, 6, 5, tzinfo=zone))
+            id="a",
+            is_all_day=True,
+            start=datetime(2024, 6, 3, tzinfo=zone),
+            end=datetime(2024, 6, 5, tzinfo=zone),
+        )
         times = event_times(event)
         assert times["allday"]
         assert (times["start"].date(), times["stop"].date()) == (date(2024, 6, 3), date(2024, 6, 4)), offset
