@@ -156,6 +156,8 @@ class ExchangeMailbox(models.Model):
         if private and user.exchange_event_private == "skip":
             return self._exchange_release_event(binding) if binding else "skipped"
         event = Events.browse(binding.res_id).exists() if binding else Events
+        if not event and remote.ical_uid in cache["outlook_calendar"]:
+            return "skipped"  # Odoo's Outlook Calendar brought this meeting already, for another user
         if event and binding.change_key and binding.change_key == remote.change_key:
             return "unchanged"
         as_busy = private and user.exchange_event_private == "busy"
@@ -401,7 +403,18 @@ class ExchangeMailbox(models.Model):
             "users_by_partner": users_by_partner,
             "tags": self._exchange_event_tags(categories),
             "alarms": self._exchange_notification_alarms(),
+            "outlook_calendar": self._exchange_outlook_calendar_uids(items),
         }
+
+    def _exchange_outlook_calendar_uids(self, items):
+        """The iCalUIds among ``items`` of meetings that Odoo's Outlook Calendar brought already."""
+        Events = self._exchange_events()
+        if "ms_universal_event_id" not in Events._fields:
+            return set()
+        uids = [item.ical_uid for item in items if item.ical_uid]
+        if not uids:
+            return set()
+        return set(Events.search([("ms_universal_event_id", "in", uids)]).mapped("ms_universal_event_id"))
 
     def _exchange_event_partners(self, names):
         """``({address: res.partner}, {partner id: user id})`` for the page's addresses.

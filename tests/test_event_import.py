@@ -254,7 +254,17 @@ class TestEventImport(EventImportMixin, TransactionCase):
                 master = add_meeting(
                     self.tenant.store, spec, zones={people[0][1].email.lower(): "Europe/Berlin"}
                 )[0]
+                self.tenant.request_log.clear()
                 self.sync(*[user for user, _remote in people])
+                # No request per series: Graph lists the delta only; EWS asks what it asks for any calendar.
+                asked = self.tenant.request_log.counts()
+                self.assertEqual(
+                    {key for key in asked if key[0] == "graph"},
+                    {("graph", "GET /calendarView/delta")} if "graph" in kinds else set(),
+                )
+                self.assertLessEqual(
+                    sum(count for key, count in asked.items() if key[0] == "ews"), 10 * kinds.count("ews")
+                )
 
                 events = self.events_of(master.ical_uid)
                 self.assertEqual(
@@ -453,3 +463,22 @@ class TestEventImport(EventImportMixin, TransactionCase):
         with self.assertRaisesRegex(Exception, "Outlook"):
             event.write({"name": "Changed in Odoo"})
         event.write({"notes": "<p>Our own notes</p>"})  # what Exchange does not lead stays editable
+
+    def test_odoo_outlook_calendar_syncing_the_user_means_no_second_copy(self):
+        user, remote = self.mailbox_user("graph", "outlook")
+        other, other_remote = self.mailbox_user("graph", "outlook")
+        item = add_scenario_event(remote, {"subject": "Twice?", "start": self.at(2, 9)})
+        other_item = add_scenario_event(other_remote, {"subject": "Once", "start": self.at(2, 9)})
+        # What microsoft_calendar adds to res.users, for a user who connected it (the other did not).
+        Users = type(self.env["res.users"])
+        with (
+            patch.object(Users, "_microsoft_calendar_authenticated", lambda self: self == user, create=True),
+            patch.object(Users, "_get_microsoft_sync_status", lambda self: "sync_active", create=True),
+        ):
+            self.tenant.request_log.clear()
+            self.sync(user, other)
+            self.assertTrue(user.exchange_outlook_calendar_syncs, "the preferences explain it")
+            self.assertFalse(other.exchange_outlook_calendar_syncs)
+        self.assertFalse(self.events_of(item.ical_uid), "left to Odoo's Outlook Calendar")
+        self.assertEqual(self.tenant.request_log.count(protocol="graph", mailbox=remote.email), 0)
+        self.assertTrue(self.events_of(other_item.ical_uid))
