@@ -1,4 +1,6 @@
+import importlib.util
 import itertools
+import os
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
 from unittest.mock import patch
@@ -482,3 +484,27 @@ class TestEventImport(EventImportMixin, TransactionCase):
         self.assertFalse(self.events_of(item.ical_uid), "left to Odoo's Outlook Calendar")
         self.assertEqual(self.tenant.request_log.count(protocol="graph", mailbox=remote.email), 0)
         self.assertTrue(self.events_of(other_item.ical_uid))
+
+    def test_upgrade_starts_every_calendar_over(self):
+        user, remote = self.mailbox_user("graph", "upgrade")
+        item = add_scenario_event(remote, {"subject": "Skipped before", "start": self.at(2, 9)})
+        mailbox = user._exchange_mailbox()
+        # What 19.0.1 left: the calendar listed, its entries counted as skipped, the state saved past them.
+        with patch.object(type(mailbox), "_import_event_page", lambda self, page, run: None):
+            self.sync(user)
+        self.assertTrue(mailbox.events_state)
+        self.assertFalse(self.events_of(item.ical_uid))
+
+        path = os.path.join(
+            os.path.dirname(os.path.dirname(__file__)), "migrations", "19.0.2.0.0", "post-events.py"
+        )
+        spec = importlib.util.spec_from_file_location("post_events", path)
+        migration = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(migration)
+        self.env.flush_all()
+        migration.migrate(self.env.cr, "19.0.1.0.0")
+        self.env.invalidate_all()
+
+        self.assertFalse(mailbox.events_state)
+        self.sync(user)
+        self.assertEqual(len(self.events_of(item.ical_uid)), 1)
