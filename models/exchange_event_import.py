@@ -164,6 +164,10 @@ class ExchangeMailbox(models.Model):
         key = event_match_key(remote)
         if key and as_busy:
             key = f"{key}#busy-{user.id}"  # a placeholder of this user's own: no detail is shared
+        if event and key and event.exchange_uid != key:
+            # Imported otherwise before (the private setting changed): the user moves to the other event.
+            self._exchange_release_event(binding)
+            event = Events
         if not event and key:
             event = cache["events"].get(key) or Events.search([("exchange_uid", "=", key)], limit=1)
         if remote.is_cancelled:
@@ -269,8 +273,6 @@ class ExchangeMailbox(models.Model):
             changes["categ_ids"] = tags
         if not event.active:
             changes["active"] = True
-        if event.exchange_uid != values.get("exchange_uid") and values.get("exchange_uid"):
-            changes["exchange_uid"] = values["exchange_uid"]
         # The attendees are those of this copy plus the users who have the meeting in their calendar.
         bound_users = (
             self.env["exchange.binding"]
@@ -318,6 +320,20 @@ class ExchangeMailbox(models.Model):
         return (event[name] or False) != (value or False)
 
     # -- letting go ---------------------------------------------------------------
+
+    def _exchange_restart_events(self):
+        """Look at every calendar entry again at the next sync: a setting changed how they are imported.
+
+        The listing starts over and no entry counts as already imported; what is still the same
+        writes nothing.
+        """
+        self.sudo().write({"events_state": False})
+        self.env["exchange.binding"].sudo().search(
+            [
+                ("user_id", "in", self.user_id.ids),
+                ("kind", "=", "event"),
+            ]
+        ).write({"change_key": False})
 
     def _exchange_release_event(self, binding):
         """This user's calendar no longer has the entry of ``binding``: take the user out of its event.

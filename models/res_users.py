@@ -220,7 +220,11 @@ class ResUsers(models.Model):
 
     def write(self, vals):
         switched = self._exchange_switches_mailbox(vals)
+        private_changed = self.filtered(lambda user: user.exchange_account_type and vals.get(
+            "exchange_event_private", user.exchange_event_private) != user.exchange_event_private)
         res = super().write(vals)
+        for user in private_changed - switched:
+            user._exchange_mailbox()._exchange_restart_events()
         for user in switched:
             # Another mailbox (or protocol): the saved sync states and the connection belong to the
             # old one. The mailbox record is created here at the latest, not by a later request.

@@ -508,3 +508,32 @@ class TestEventImport(EventImportMixin, TransactionCase):
         self.assertFalse(mailbox.events_state)
         self.sync(user)
         self.assertEqual(len(self.events_of(item.ical_uid)), 1)
+
+    def test_changing_the_private_setting_reimports_private_meetings(self):
+        user, remote = self.mailbox_user("ews", "switch")
+        colleague, colleague_remote = self.mailbox_user("graph", "switch")
+        items = add_meeting(
+            self.tenant.store,
+            {
+                "organizer": colleague_remote.email,
+                "subject": "Interview",
+                "start": self.at(3, 10),
+                "sensitivity": "private",
+                "attendees": [{"address": remote.email, "response": "accepted"}],
+            },
+        )
+        self.sync(user, colleague)
+        shared = self.events_of(items[0].ical_uid)
+        self.assertEqual(shared.partner_ids, user.partner_id | colleague.partner_id)
+
+        user.exchange_event_private = "busy"
+        self.sync(user)
+        events = self.events_of(items[0].ical_uid)
+        placeholder = events - shared
+        self.assertEqual((placeholder.name, placeholder.partner_ids), ("Busy", user.partner_id))
+        self.assertEqual(shared.partner_ids, colleague.partner_id, "the user left the detailed event")
+
+        user.exchange_event_private = "skip"
+        self.sync(user)
+        self.assertFalse(placeholder.exists())
+        self.assertEqual(self.events_of(items[0].ical_uid), shared)
