@@ -282,6 +282,10 @@ class TestEventImport(EventImportMixin, TransactionCase):
                 self.assertEqual((local.hour, local.minute), (11, 30), "the moved occurrence at its new time")
                 for event in events:
                     self.assertEqual(event.partner_ids, people[0][0].partner_id | people[-1][0].partner_id)
+                for event in events - moved:
+                    # The series keeps its wall-clock time in the organizer's zone, daylight saving or not.
+                    local = event.start.replace(tzinfo=UTC).astimezone(ZoneInfo("Europe/Berlin"))
+                    self.assertEqual((local.hour, local.minute), (9, 0))
 
                 # Another occurrence is cancelled in every mailbox: it leaves Odoo.
                 starts = sorted(events.mapped("start"))
