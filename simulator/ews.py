@@ -49,6 +49,7 @@ from .ews_xml import (
     xml_bool,
 )
 from .knobs import Refused
+from .store import is_well_formed_id
 
 _logger = logging.getLogger(__name__)
 
@@ -262,12 +263,8 @@ class EwsApp:
     @staticmethod
     def check_id_format(value):
         """Raise ErrorInvalidIdMalformed for strings that cannot be EWS ids."""
-        if not value or len(value) < 16:
+        if not is_well_formed_id(value):
             raise EwsError("ErrorInvalidIdMalformed", "Id is malformed.")
-        try:
-            base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        except (binascii.Error, ValueError):
-            raise EwsError("ErrorInvalidIdMalformed", "Id is malformed.") from None
 
     def resolve_folder(self, mailbox, folder_id_elem):
         """Store Folder (or the string "root") for a t:FolderId / t:DistinguishedFolderId element."""
@@ -931,6 +928,9 @@ def _page(found, view, knobs):
             offset = max(len(found) - offset - (limit or 0), 0)
     if knobs is not None and getattr(knobs, "page_size", None):
         limit = min(limit, knobs.page_size) if limit else knobs.page_size
+    if knobs is not None and knobs.find_count_limit:
+        # EWSFindCountLimit caps every answer, whatever MaxEntriesReturned asked for.
+        limit = min(limit, knobs.find_count_limit) if limit else knobs.find_count_limit
     page = found[offset : offset + limit] if limit else found[offset:]
     return page, offset, offset + len(page) >= len(found)
 

@@ -14,6 +14,7 @@ import email.policy
 import email.utils
 import hashlib
 import os
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -101,6 +102,21 @@ def new_id(tag, mailbox_uuid, item_uuid=None):
     """A URL-safe base64 id (33 bytes → 44 chars, no padding) in the spirit of Exchange ids."""
     item_uuid = item_uuid or uuid.uuid4()
     return _b64(tag + mailbox_uuid.bytes + item_uuid.bytes)
+
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
+
+
+def is_well_formed_id(value):
+    """True for a string Exchange could decode as an id: base64 (URL-safe or not) of 16 bytes or more.
+
+    Exchange answers ErrorInvalidIdMalformed (Graph: 400) for anything else, and
+    ErrorItemNotFound (Graph: 404) only for a well-formed id of a missing item.
+    """
+    if not value or not _ID_PATTERN.match(value):
+        return False
+    digits = len(value.rstrip("="))
+    return digits % 4 != 1 and digits * 3 // 4 >= 16
 
 
 def new_change_key():
@@ -356,6 +372,22 @@ def occurrence_id(master, original_start):
     raw = base64.urlsafe_b64decode(master.immutable_id)
     stamp = int(as_utc(original_start).timestamp()).to_bytes(8, "big", signed=True)
     return _b64(b"\x07" + raw[1:] + stamp + b"\x00")
+
+
+GLOBAL_OBJECT_ID_CLASS = "040000008200E00074C5B7101A82E008"
+
+
+def occurrence_ical_uid(series_uid, original_start):
+    """iCalUId of one occurrence as Graph v1.0 documents it ("different for each occurrence").
+
+    Exchange derives it from the series' GlobalObjectId with the instance date
+    (year: 2 bytes, month, day) in bytes 16-19, where the series has zeros.
+    """
+    day = as_utc(original_start).date()
+    stamp = f"{day.year:04X}{day.month:02X}{day.day:02X}"
+    if series_uid.upper().startswith(GLOBAL_OBJECT_ID_CLASS) and len(series_uid) >= 40:
+        return series_uid[:32] + stamp + series_uid[40:]
+    return series_uid + stamp
 
 
 def parse_occurrence_id(value):
@@ -833,7 +865,8 @@ class Mailbox:
             folder = self.folder(folder_id or "calendar")
             item_id, immutable_id = self._new_item_ids()
             fields = _normalise_event_fields(fields)
-            fields.setdefault("ical_uid", "040000008200E00074C5B7101A82E008" + uuid.uuid4().hex.upper())
+            # A series' GlobalObjectId has no instance date (zeros in bytes 16-19).
+            fields.setdefault("ical_uid", GLOBAL_OBJECT_ID_CLASS + "00000000" + uuid.uuid4().hex.upper())
             event = Event(id=item_id, immutable_id=immutable_id, folder_id=folder.id, kind="event", **fields)
             return self._add_item(event)
 

@@ -567,6 +567,35 @@ def test_errors_are_answered_as_exchange_does(tenant, mailbox):
     assert (info.get("MajorVersion"), info.get("MinorVersion")) == ("15", "1")
 
 
+def test_find_item_answers_at_most_the_find_count_limit(tenant, mailbox):
+    # Exchange's EWSFindCountLimit (1000 by default) caps one FindItem answer; the client pages on.
+    folder = mailbox.create_folder(mailbox.folder("contacts").id, "Many")
+    for number in range(1200):
+        mailbox.add_contact(folder.id, given_name=f"Given{number}", surname="Many")
+    find = (
+        '<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>'
+        '<m:IndexedPageItemView BasePoint="Beginning" Offset="{}"{}/>'
+        '<m:ParentFolderIds><t:FolderId Id="' + folder.id + '"/></m:ParentFolderIds></m:FindItem>'
+    )
+    types = "{http://schemas.microsoft.com/exchange/services/2006/types}"
+    messages_ns = "http://schemas.microsoft.com/exchange/services/2006/messages"
+
+    def page(offset, max_entries=""):
+        answer = soap(tenant, find.format(offset, max_entries), mailbox.email)
+        assert answer.status_code == 200 and _response_code(answer) == "NoError"
+        root_folder = etree.fromstring(answer.content).find(f".//{{{messages_ns}}}RootFolder")
+        return root_folder, len(root_folder.findall(f"{types}Items/{types}Contact"))
+
+    first, count = page(0)
+    assert count == 1000
+    assert (first.get("IncludesLastItemInRange"), first.get("IndexedPagingOffset")) == ("false", "1000")
+    assert first.get("TotalItemsInView") == "1200"
+    rest, count = page(1000, ' MaxEntriesReturned="5000"')
+    assert count == 200 and rest.get("IncludesLastItemInRange") == "true"
+    tenant.knobs.set(mailbox.email, find_count_limit=None)
+    assert page(0)[1] == 1200
+
+
 def test_service_unavailable_knob_answers_http_503(tenant, mailbox):
     tenant.knobs.set(mailbox.email, error_rate_503=1.0)
     response = soap(
