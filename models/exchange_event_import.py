@@ -202,7 +202,7 @@ class ExchangeMailbox(models.Model):
         values = dict(
             event_times(remote),
             exchange_uid=key or False,
-            exchange_series_uid=series_uid(remote.ical_uid)
+            exchange_series_uid=series_uid(remote.ical_uid, remote.original_start)
             if remote.type in ("occurrence", "exception")
             else False,
             show_as=show_as(remote),

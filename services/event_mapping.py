@@ -25,21 +25,28 @@ ATTENDEE_STATES = {
 SHOW_AS_FREE = {"free"}
 
 
-def series_uid(ical_uid):
+def _date_stamp(day):
+    return f"{day.year:04X}{day.month:02X}{day.day:02X}"
+
+
+def series_uid(ical_uid, original_start=None):
     """The iCalUId of the whole series an occurrence belongs to.
 
     Graph documents a different iCalUId for each occurrence of a series: Exchange writes the
     occurrence's date into the instance-date bytes of its GlobalObjectId, which are zero for the
     series itself (the "clean" id, the one EWS gives as UID). Zeroing them gives one id whichever
-    form a mailbox shows. Other ids (from non-Outlook organizers) are kept as they are.
+    form a mailbox shows. An id of another form that ends with the occurrence's date stamp (given
+    ``original_start``) loses it. Other ids are kept as they are.
     """
     if not ical_uid:
         return ical_uid
-    if (
-        ical_uid[: len(OUTLOOK_UID_CLASS)].upper() == OUTLOOK_UID_CLASS
-        and len(ical_uid) > _INSTANCE_DATE.stop
-    ):
+    outlook_form = ical_uid[: len(OUTLOOK_UID_CLASS)].upper() == OUTLOOK_UID_CLASS
+    if outlook_form and len(ical_uid) > _INSTANCE_DATE.stop:
         return ical_uid[: _INSTANCE_DATE.start] + "00000000" + ical_uid[_INSTANCE_DATE.stop :]
+    if original_start is not None:
+        stamp = _date_stamp(original_start.astimezone(timezone.utc).date())
+        if len(ical_uid) > len(stamp) and ical_uid.upper().endswith(stamp):
+            return ical_uid[: -len(stamp)]
     return ical_uid
 
 
@@ -54,7 +61,7 @@ def event_match_key(event) -> Optional[str]:
     whole series in some mailboxes and per occurrence in others, and the start may have been moved.
     None when the entry has no iCalUId (it then matches nothing but itself).
     """
-    uid = series_uid(event.ical_uid)
+    uid = series_uid(event.ical_uid, event.original_start)
     if not uid:
         return None
     if event.original_start is not None:

@@ -24,6 +24,9 @@ def test_series_uid_clears_the_instance_date_of_outlook_ids_only():
     assert series_uid(occurrence_uid(date(2024, 6, 10))) == CLEAN
     assert series_uid(CLEAN) == CLEAN
     assert series_uid("event-123@google.com") == "event-123@google.com"
+    original = datetime(2024, 6, 10, 9, tzinfo=UTC)
+    assert series_uid("event-123@google.com07E8060A", original) == "event-123@google.com"
+    assert series_uid("event-123@google.com07E8060A", original + timedelta(days=1)).endswith("0A")
     assert series_uid(None) is None
 
 
