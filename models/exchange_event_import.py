@@ -1,6 +1,8 @@
 import logging
 from collections import Counter
 
+import psycopg2.errors
+
 from odoo import Command, models
 from odoo.tools import html_sanitize
 
@@ -13,6 +15,7 @@ from ..services.event_mapping import (
     series_uid,
     show_as,
 )
+from .exchange_mailbox import MailboxReleased
 
 _logger = logging.getLogger(__name__)
 
@@ -92,8 +95,13 @@ class ExchangeMailbox(models.Model):
         listing["seen"].update(item.id for item in items)
         bindings = self._exchange_event_bindings([item.id for item in items] + list(page.removed_ids))
         cache = self._exchange_event_page_cache(items)
-        for remote in items:
-            counts[self._exchange_import_event(remote, bindings.get(remote.id), cache)] += 1
+        try:
+            for remote in items:
+                counts[self._exchange_import_event(remote, bindings.get(remote.id), cache)] += 1
+        except psycopg2.errors.UniqueViolation as error:
+            # Another user's sync, in another worker, imported one of these meetings after this
+            # page began: the page is rolled back and redone at once, then it joins that event.
+            raise MailboxReleased(f"A meeting of mailbox {self.id} was imported meanwhile") from error
         for remote_id in page.removed_ids:
             binding = bindings.get(remote_id)
             counts[self._exchange_release_event(binding) if binding else "skipped"] += 1
