@@ -1,12 +1,16 @@
 import importlib.util
 import itertools
 import os
+import threading
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
 from unittest.mock import patch
 from zoneinfo import ZoneInfo
 
+from odoo import SUPERUSER_ID, api
+from odoo.orm.environments import Transaction
 from odoo.tests import TransactionCase, tagged
+from odoo.tools import mute_logger
 
 from odoo.addons.exchange_connector.services.event_mapping import series_uid
 from odoo.addons.exchange_connector.simulator.scenario import add_meeting, add_scenario_event
@@ -546,3 +550,116 @@ class TestEventImport(EventImportMixin, TransactionCase):
         self.sync(user)
         self.assertFalse(placeholder.exists())
         self.assertEqual(self.events_of(items[0].ical_uid), shared)
+
+
+@tagged("post_install", "-at_install")
+class TestEventImportConcurrency(EventImportMixin, TransactionCase):
+    """Two workers importing the same new meeting for two users, each in its committed transaction."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.start_tenant()  # on-premises mailboxes only: no company settings to commit
+
+    def committed_ews_user(self, name):
+        with self.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            user, remote = self.ews_user(
+                env, f"{name}{next(_numbers)}", exchange_sync_mails=False, exchange_sync_contacts=False
+            )
+            user._exchange_mark_connected(remote.email)
+            user_id = user.id
+        self.addCleanup(self.remove_committed_user, user_id)
+        return user_id, remote
+
+    def remove_committed_user(self, user_id):
+        with self.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            user = env["res.users"].browse(user_id)
+            partner = user.partner_id
+            bindings = env["exchange.binding"].search([("user_id", "=", user_id)])
+            env["calendar.event"].with_context(active_test=False).browse(
+                bindings.mapped("res_id")
+            ).exists().unlink()
+            bindings.unlink()
+            env["exchange.sync.run"].search([("user_id", "=", user_id)]).unlink()
+            env["exchange.mailbox"].search([("user_id", "=", user_id)]).unlink()
+            user.unlink()
+            partner.unlink()
+
+    def worker_sync(self, user_id):
+        """Sync one user's mailbox in a cursor of its own that commits, as a cron worker does."""
+        with self.registry.cursor() as cr:
+            cr.transaction = Transaction(self.registry)
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            env["res.users"].browse(user_id)._exchange_mailbox()._exchange_sync(trigger="manual")
+
+    def test_a_meeting_imported_meanwhile_by_another_worker_is_joined(self):
+        anna_id, anna = self.committed_ews_user("race")
+        marco_id, marco = self.committed_ews_user("race")
+        uid = add_meeting(
+            self.tenant.store,
+            {
+                "organizer": anna.email,
+                "subject": "Race",
+                "start": self.at(2, 10),
+                "attendees": [{"address": marco.email, "response": "accepted"}],
+            },
+        )[0].ical_uid
+        # Marco's worker reads what exists, then Anna's imports and commits the meeting meanwhile.
+        marco_looked, anna_done = threading.Event(), threading.Event()
+        page_cache = type(self.env["exchange.mailbox"])._exchange_event_page_cache
+
+        def page_cache_then_wait(mailbox, items):
+            cache = page_cache(mailbox, items)
+            if threading.current_thread().name == "marco" and not marco_looked.is_set():
+                marco_looked.set()
+                anna_done.wait(timeout=60)
+            return cache
+
+        errors = []
+
+        def work(user_id, before=None, after=None):
+            try:
+                if before:
+                    before()
+                self.worker_sync(user_id)
+            except Exception as error:  # noqa: BLE001 - re-raised in the test thread
+                errors.append(error)
+            finally:
+                if after:
+                    after()
+
+        workers = [
+            threading.Thread(target=work, name="marco", args=(marco_id,), kwargs={"after": marco_looked.set}),
+            threading.Thread(
+                target=work,
+                name="anna",
+                args=(anna_id,),
+                kwargs={"before": lambda: marco_looked.wait(timeout=60), "after": anna_done.set},
+            ),
+        ]
+        Mailbox = type(self.env["exchange.mailbox"])
+        with (
+            patch.object(Mailbox, "_exchange_event_page_cache", page_cache_then_wait),
+            mute_logger("odoo.sql_db"),  # the refused INSERT is the point of the test
+        ):
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(timeout=90)
+        self.assertFalse([worker for worker in workers if worker.is_alive()], "a worker hung")
+        self.assertFalse(errors)
+
+        with self.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            run = env["exchange.sync.run"].search([("user_id", "=", marco_id), ("kind", "=", "events")])
+            self.assertEqual((run.state, run.exc_name), ("partial", "MailboxReleased"), "redone, not failed")
+            self.assertEqual(env["exchange.mailbox"].search([("user_id", "=", marco_id)]).events_state, False)
+        self.worker_sync(marco_id)  # the next run
+        with self.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            events = env["calendar.event"].search([("exchange_uid", "=like", series_uid(uid) + "%")])
+            users = env["res.users"].browse([anna_id, marco_id])
+            self.assertEqual(len(events), 1, "one event for the meeting")
+            self.assertEqual(events.partner_ids, users.partner_id)
