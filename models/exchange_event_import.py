@@ -151,6 +151,20 @@ class ExchangeMailbox(models.Model):
             lambda binding: binding.res_id in inside.ids or binding.res_id not in events.ids
         )
 
+    def _exchange_event_bindings_of(self, event):
+        """Every mailbox's binding of ``event``: the users who have the meeting in their calendar."""
+        return (
+            self.env["exchange.binding"]
+            .sudo()
+            .search(
+                [
+                    ("kind", "=", "event"),
+                    ("res_model", "=", "calendar.event"),
+                    ("res_id", "=", event.id),
+                ]
+            )
+        )
+
     def _exchange_events(self):
         return self.env["calendar.event"].sudo().with_context(**IMPORT_CONTEXT)
 
@@ -282,19 +296,7 @@ class ExchangeMailbox(models.Model):
         if not event.active:
             changes["active"] = True
         # The attendees are those of this copy plus the users who have the meeting in their calendar.
-        bound_users = (
-            self.env["exchange.binding"]
-            .sudo()
-            .search(
-                [
-                    ("kind", "=", "event"),
-                    ("res_model", "=", "calendar.event"),
-                    ("res_id", "=", event.id),
-                    ("user_id", "!=", self.user_id.id),
-                ]
-            )
-            .user_id
-        )
+        bound_users = self._exchange_event_bindings_of(event).user_id - self.user_id
         wanted = set(attendees) | set(bound_users.partner_id)
         current = {attendee.partner_id: attendee for attendee in event.attendee_ids}
         commands = [Command.link(partner.id) for partner in wanted if partner not in current]
@@ -354,17 +356,7 @@ class ExchangeMailbox(models.Model):
         binding.unlink()
         if not event:
             return "skipped"
-        others = (
-            self.env["exchange.binding"]
-            .sudo()
-            .search_count(
-                [
-                    ("kind", "=", "event"),
-                    ("res_model", "=", "calendar.event"),
-                    ("res_id", "=", event.id),
-                ]
-            )
-        )
+        others = self._exchange_event_bindings_of(event)
         if others:
             partner = self.user_id.partner_id
             if partner in event.partner_ids:
