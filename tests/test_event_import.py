@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from odoo import SUPERUSER_ID, api
 from odoo.orm.environments import Transaction
-from odoo.tests import TransactionCase, tagged
+from odoo.tests import Form, TransactionCase, tagged
 from odoo.tools import mute_logger
 
 from odoo.addons.exchange_connector.services.event_mapping import series_uid
@@ -478,6 +478,21 @@ class TestEventImport(EventImportMixin, TransactionCase):
         with self.assertRaisesRegex(Exception, "Outlook"):
             event.write({"name": "Changed in Odoo"})
         event.write({"notes": "<p>Our own notes</p>"})  # what Exchange does not lead stays editable
+        self.assertEqual(event.notes, "<p>Our own notes</p>")
+
+        # The form shows it read-only, says why, and gives the tooltip.
+        form = Form(event)
+        with self.assertRaises(AssertionError):
+            form.name = "Changed in the form"
+        arch = event.get_views([(False, "form")])["views"]["form"]["arch"]
+        self.assertIn("This meeting comes from Outlook", arch)
+        self.assertIn("Meetings imported from Outlook are changed in Outlook", arch)
+        own = (
+            self.env["calendar.event"]
+            .with_user(user)
+            .create({"name": "Mine", "start": event.start, "stop": event.stop})
+        )
+        Form(own).name = "Renamed in Odoo"  # Odoo's own events stay editable
 
     def test_odoo_outlook_calendar_syncing_the_user_means_no_second_copy(self):
         user, remote = self.mailbox_user("graph", "outlook")
