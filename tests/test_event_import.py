@@ -356,6 +356,7 @@ class TestEventImport(EventImportMixin, TransactionCase):
                     {
                         "organizer": colleague_remote.email,
                         "subject": "Budget",
+                        "body_html": "<div><p>Numbers<br>and <b>plans</b></p></div>",
                         "start": self.at(6, 14),
                         "attendees": [{"address": remote.email, "response": "accepted"}],
                     },
