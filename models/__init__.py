@@ -5,3 +5,6 @@ from . import res_config_settings
 from . import res_users
 from . import exchange_address_choice
 from . import res_partner
+from . import calendar_event
+from . import res_company
+from . import exchange_event_import
