@@ -6,3 +6,5 @@ from . import test_backend_seam
 from . import test_binding
 from . import test_scheduler
 from . import test_discuss_sync
+from . import test_user_input
+from . import test_mailbox_access

@@ -36,8 +36,10 @@ class TestSettingsOverRpc(HttpCase):
                                   [("id", "=", self.anna.id)], ["exchange_ews_password"])
         # Reading "all fields" is refused as a whole rather than leaking the secret among them.
         self.assertRpcAccessError(*marco, "res.users", "read", [self.anna.id])
-        public = self.rpc(*marco, "res.users", "read", [self.anna.id], ["name", "exchange_email"])
-        self.assertEqual(public[0]["exchange_email"], "anna@example.com")
+        public = self.rpc(*marco, "res.users", "read", [self.anna.id], ["name", "exchange_account_type"])
+        self.assertEqual(public[0]["exchange_account_type"], "ews")
+        # Which mailbox, on which server, as whom: the owner's and the administrators' only.
+        self.assertRpcAccessError(*marco, "res.users", "read", [self.anna.id], ["exchange_email"])
         self.assertRpcAccessError(
             *marco, "ir.config_parameter", "get_param", "exchange_connector.client_secret")
         # default_get() of the settings is open to internal users: it must not hand out the secret.
