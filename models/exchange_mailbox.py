@@ -244,10 +244,13 @@ class ExchangeMailbox(models.Model):
         remaining = budget.remaining()
         seconds = (DEFAULT_CRON_TIME_BUDGET if remaining is None else remaining) + LEASE_MARGIN
         lease = {"token": uuid.uuid4().hex, "trigger": "manual" if locked.sync_requested else "cron"}
+        expired_lease = locked.sync_lease_until
         locked.write({
             "sync_lease_until": now + timedelta(seconds=seconds), "sync_lease_token": lease["token"],
             "sync_requested": False, "last_sync_started": now,
         })
+        # Nobody else syncs this mailbox now: a run still "Started" is a dead worker's.
+        self.env["exchange.sync.run"]._close_interrupted(locked.user_id, expired_lease or now)
         self._exchange_commit()
         return lease
 

@@ -8,3 +8,5 @@ from . import test_scheduler
 from . import test_discuss_sync
 from . import test_user_input
 from . import test_mailbox_access
+from . import test_oauth_logs
+from . import test_interrupted_runs
