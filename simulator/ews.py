@@ -49,6 +49,7 @@ from .ews_xml import (
     xml_bool,
 )
 from .knobs import Refused
+from .store import is_well_formed_id
 
 _logger = logging.getLogger(__name__)
 
@@ -262,12 +263,8 @@ class EwsApp:
     @staticmethod
     def check_id_format(value):
         """Raise ErrorInvalidIdMalformed for strings that cannot be EWS ids."""
-        if not value or len(value) < 16:
+        if not is_well_formed_id(value):
             raise EwsError("ErrorInvalidIdMalformed", "Id is malformed.")
-        try:
-            base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        except (binascii.Error, ValueError):
-            raise EwsError("ErrorInvalidIdMalformed", "Id is malformed.") from None
 
     def resolve_folder(self, mailbox, folder_id_elem):
         """Store Folder (or the string "root") for a t:FolderId / t:DistinguishedFolderId element."""

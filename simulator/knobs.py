@@ -31,6 +31,10 @@ class Knobs:
     # Exchange's EwsFindCountLimit (1000 by default): an EWS CalendarView answers at most this many
     # items, with IncludesLastItemInRange="false" when it cut the list.
     find_count_limit: Optional[int] = None
+    # Microsoft's identity platform keeps a refresh token valid after it is redeemed (it only hands
+    # out a new one); some identity providers rotate strictly. True: a redeemed refresh token is
+    # refused with AADSTS70008, so a client must persist every rotated token.
+    refresh_token_single_use: bool = False
     seed: Optional[int] = None  # random seed for reproducible storms
 
 

@@ -14,6 +14,7 @@ import email.policy
 import email.utils
 import hashlib
 import os
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -101,6 +102,21 @@ def new_id(tag, mailbox_uuid, item_uuid=None):
     """A URL-safe base64 id (33 bytes → 44 chars, no padding) in the spirit of Exchange ids."""
     item_uuid = item_uuid or uuid.uuid4()
     return _b64(tag + mailbox_uuid.bytes + item_uuid.bytes)
+
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
+
+
+def is_well_formed_id(value):
+    """True for a string Exchange could decode as an id: base64 (URL-safe or not) of 16 bytes or more.
+
+    Exchange answers ErrorInvalidIdMalformed (Graph: 400) for anything else, and
+    ErrorItemNotFound (Graph: 404) only for a well-formed id of a missing item.
+    """
+    if not value or not _ID_PATTERN.match(value):
+        return False
+    digits = len(value.rstrip("="))
+    return digits % 4 != 1 and digits * 3 // 4 >= 16
 
 
 def new_change_key():

@@ -456,7 +456,7 @@ def test_untrusted_certificate_is_a_tls_problem(tenant, mailbox, kind, make_back
     transfer_folder(mailbox)
     trusted = make_backend(mailbox)
     assert trusted.find_folder("Inbox/Transfer In") is not None
-    other = tenant.store.add_mailbox(f"tls-{kind}@contoso.test", "No CA", password=mailbox.password)
+    other = tenant.store.add_mailbox(f"tls-{mailbox.email}", "No CA", password=mailbox.password)
     if kind == "ews":
         untrusted = EwsBackend(other.email, other.email, other.password, tenant.ews_url, verify=True)
     else:
