@@ -25,7 +25,7 @@ from ..services.auth import GraphOAuth
 from ..services.ews import EwsBackend
 from ..services.ews_url import InvalidEwsUrl, parse_ews_url
 from ..services.graph import GraphBackend
-from .exchange_mailbox import MAILBOX_STATES, SYNC_STATE_FIELDS
+from .exchange_mailbox import MAILBOX_STATES, SYNC_STATE_FIELDS, StoredTokenCache
 from .res_config_settings import (
     DEFAULT_AUTHORITY_HOST,
     DEFAULT_GRAPH_URL,
@@ -857,7 +857,9 @@ class ResUsers(models.Model):
     def _exchange_new_graph_backend(self, budget, cache_blob=None):
         # The Azure app and CA settings are read in one place, next to the sign-in that uses them too.
         oauth = self._exchange_graph_oauth(cache_blob or self.exchange_token_cache or None)
-        provider = oauth.delegated_token_provider(self.exchange_email)
+        # The stored sign-in is shared with every worker: its refreshes go through the store.
+        store = None if cache_blob else StoredTokenCache(self.env.registry, self.id)
+        provider = oauth.delegated_token_provider(self.exchange_email, token_store=store)
         graph_url = (self.env["ir.config_parameter"].sudo().get_param("exchange_connector.graph_url")
                      or DEFAULT_GRAPH_URL)
         backend = GraphBackend(self.exchange_email, provider, graph_url=graph_url,
