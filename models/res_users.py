@@ -801,12 +801,20 @@ class ResUsers(models.Model):
                 "Exchange authentication failed — reconnect: the connector stopped using the mailbox of "
                 "%(user)s after repeated failed sign-ins. Click Connect (Office 365) or correct the password "
                 "(Exchange) in the preferences.", user=user.name))
+        failures = self.env["exchange.sign.in.failure"]
+        account = user._exchange_password_account()
+        actor_uid = failures._actor_uid(user)
+        if account:
+            # Whatever was written meanwhile (a new password lifts the lockout): no endless guessing.
+            failures._check_allowed(account, actor_uid)
         backend = provider = None
         sign_in_used = user.exchange_token_cache
         try:
             backend, provider = user._exchange_new_backend(budget)
             yield backend
         except AuthenticationError as error:
+            if error.kind == "password" and account:
+                failures._record(account, actor_uid)
             if error.kind in USER_CREDENTIAL_FAILURES:
                 mailbox._exchange_record_auth_failure(error)
             else:
@@ -830,6 +838,19 @@ class ResUsers(models.Model):
                     user.with_context(exchange_token_rotation=True).exchange_token_cache = provider.cache_blob
             if backend is not None:
                 backend.close()
+
+    def _exchange_password_account(self):
+        """The key of the Exchange account this user's password is tried on (None for Office 365)."""
+        self.ensure_one()
+        user = self.sudo()
+        if user.exchange_account_type != "ews" or not user.exchange_ews_url:
+            return None
+        try:
+            host = parse_ews_url(user.exchange_ews_url).host
+        except InvalidEwsUrl:
+            host = user.exchange_ews_url
+        return self.env["exchange.sign.in.failure"]._account_key(
+            host, user.exchange_ews_username or user.exchange_email)
 
     def _exchange_new_backend(self, budget=None):
         """Build ``(backend, token_provider or None)`` from the user's settings and the company's."""

@@ -11,3 +11,4 @@ from . import test_mailbox_access
 from . import test_oauth_logs
 from . import test_interrupted_runs
 from . import test_token_rotation
+from . import test_password_guessing
