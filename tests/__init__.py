@@ -9,6 +9,5 @@ from . import test_discuss_sync
 from . import test_user_input
 from . import test_mailbox_access
 from . import test_oauth_logs
-from . import test_interrupted_runs
 from . import test_token_rotation
 from . import test_password_guessing

@@ -1,12 +1,12 @@
-import xmlrpc.client
-
 from odoo import Command
 from odoo.exceptions import AccessError
 from odoo.tests import HttpCase, TransactionCase, new_test_user, tagged
 
-from .common import create_mailbox_users
+from .common import ExternalApiMixin, create_mailbox_users
 
 MAILBOX_SETTINGS = ["exchange_email", "exchange_ews_url", "exchange_ews_username", "exchange_ca_bundle"]
+PAUL, MARCO, ANNA = (
+    ("paul.portal", "paul.portal.pw"), ("marco.test", "marco.test.pw"), ("anna.test", "anna.test.pw"))
 COMPANY_SETTINGS = [
     "exchange_tenant_id", "exchange_client_id", "exchange_client_secret", "exchange_authority_host",
     "exchange_graph_url", "exchange_ca_bundle_path", "exchange_ews_allowed_hosts",
@@ -14,7 +14,7 @@ COMPANY_SETTINGS = [
 
 
 @tagged("post_install", "-at_install")
-class TestMailboxAccessOverRpc(HttpCase):
+class TestMailboxAccessOverRpc(ExternalApiMixin, HttpCase):
     """Portal users and other internal users, each with their own credentials over the external API."""
 
     @classmethod
@@ -32,52 +32,39 @@ class TestMailboxAccessOverRpc(HttpCase):
         }.items():
             params.set_param(f"exchange_connector.{key}", value)
 
-    def rpc(self, login, model, method, *args, **kwargs):
-        password = f"{login}.pw"
-        uid = self.xmlrpc_common.authenticate(self.env.cr.dbname, login, password, {})
-        self.assertTrue(uid, f"{login} could not log in over XML-RPC")
-        return self.xmlrpc_object.execute_kw(
-            self.env.cr.dbname, uid, password, model, method, list(args), kwargs)
-
-    def assertRefused(self, *call):
-        with self.assertRaises(xmlrpc.client.Fault) as caught:
-            self.rpc(*call)
-        self.assertRegex(caught.exception.faultString,
-                         r"enough rights|not allowed to|are for internal users|Access Denied")
-
     def test_portal_user_gets_no_mailbox(self):
         me = self.portal.id
-        self.assertRefused("paul.portal", "res.users", "write", [me], {
+        self.assertRpcAccessError(*PAUL, "res.users", "write", [me], {
             "exchange_account_type": "ews", "exchange_ews_url": "https://mail.contoso.test/EWS/Exchange.asmx",
             "exchange_email": "paul@contoso.test", "exchange_ews_password": "x"})
-        self.assertRefused("paul.portal", "res.users", "write", [me], {"exchange_sync_interval": 60})
-        self.assertRefused("paul.portal", "res.users", "read", [me], ["exchange_account_type"])
-        self.assertRefused("paul.portal", "res.users", "read", [me], ["exchange_ews_password"])
+        self.assertRpcAccessError(*PAUL, "res.users", "write", [me], {"exchange_sync_interval": 60})
+        self.assertRpcAccessError(*PAUL, "res.users", "read", [me], ["exchange_account_type"])
+        self.assertRpcAccessError(*PAUL, "res.users", "read", [me], ["exchange_ews_password"])
         for action in ("action_exchange_test_connection", "action_exchange_sync_now",
                        "action_exchange_connect", "action_exchange_disconnect",
                        "action_exchange_create_transfer_folders"):
             with self.subTest(action=action):
-                self.assertRefused("paul.portal", "res.users", action, [me])
-        self.assertEqual(self.rpc("paul.portal", "res.users", "exchange_sync_summary"), {"configured": False})
+                self.assertRpcAccessError(*PAUL, "res.users", action, [me])
+        self.assertEqual(self.rpc(*PAUL, "res.users", "exchange_sync_summary"), {"configured": False})
         # What every user may do with their own record still works.
-        self.rpc("paul.portal", "res.users", "write", [me], {"tz": "Europe/Rome"})
+        self.rpc(*PAUL, "res.users", "write", [me], {"tz": "Europe/Rome"})
         self.assertFalse(self.portal.exchange_account_type)
         self.assertFalse(self.env["exchange.mailbox"].search([("user_id", "=", me)]))
 
     def test_other_users_mailbox_settings_are_private(self):
         for field in MAILBOX_SETTINGS:
             with self.subTest(field=field):
-                self.assertRefused("marco.test", "res.users", "read", [self.anna.id], [field])
-                self.assertRefused("marco.test", "res.users", "search", [(field, "=", "anna@example.com")])
-        public = self.rpc("marco.test", "res.users", "read", [self.anna.id],
+                self.assertRpcAccessError(*MARCO, "res.users", "read", [self.anna.id], [field])
+                self.assertRpcAccessError(*MARCO, "res.users", "search", [(field, "=", "anna@example.com")])
+        public = self.rpc(*MARCO, "res.users", "read", [self.anna.id],
                           ["name", "exchange_account_type"])
         self.assertEqual(public[0]["exchange_account_type"], "ews")
-        own = self.rpc("anna.test", "res.users", "read", [self.anna.id], MAILBOX_SETTINGS)
+        own = self.rpc(*ANNA, "res.users", "read", [self.anna.id], MAILBOX_SETTINGS)
         self.assertEqual(own[0]["exchange_ews_url"], "https://mail.example.com/EWS/Exchange.asmx")
         self.assertEqual(own[0]["exchange_ews_username"], "EXAMPLE\\anna")
 
     def test_company_settings_are_for_administrators(self):
-        defaults = self.rpc("marco.test", "res.config.settings", "default_get", COMPANY_SETTINGS)
+        defaults = self.rpc(*MARCO, "res.config.settings", "default_get", COMPANY_SETTINGS)
         for value in ("0b6f1c4e-tenant", "client-1", "login.contoso.test", "graph.contoso.test",
                       "/etc/contoso/ca.pem", "mail.contoso.test"):
             self.assertNotIn(value, repr(defaults))
