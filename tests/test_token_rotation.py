@@ -1,10 +1,16 @@
 import contextlib
+import threading
+import time
+from unittest.mock import patch
 
 from odoo import SUPERUSER_ID, api
 from odoo.orm.environments import Transaction
 from odoo.tests import TransactionCase, new_test_user, tagged
 
-from .common import ExchangeTenantMixin
+from odoo.addons.exchange_connector.models.exchange_mailbox import TOKEN_REFRESH_LOCK, StoredTokenCache
+from odoo.addons.exchange_connector.services.auth import GraphOAuth
+
+from .common import CLIENT_ID, CLIENT_SECRET, ExchangeTenantMixin
 from .test_scheduler import WorkerKilled
 
 COMPANY_KEYS = ("client_id", "client_secret", "authority_host", "tenant_id", "graph_url", "ca_bundle_path")
@@ -96,3 +102,57 @@ class TestTokenRotation(ExchangeTenantMixin, TransactionCase):
         _stored, failures, state, error = self.committed("auth_failures", "state", "last_error")
         self.assertEqual((failures, state, error), (0, "connected", False))
         self.assertEqual(self.tenant.request_log.count(protocol="identity", status=400), 0)
+
+    def test_a_refresh_waits_for_another_workers_refresh_and_uses_its_token(self):
+        refresh_started = threading.Event()
+        refreshing = StoredTokenCache.refreshing
+
+        def refreshing_observed(store):
+            refresh_started.set()
+            return refreshing(store)
+
+        def sync():
+            try:
+                with self.worker() as user, user._exchange_backend() as backend:
+                    results.append(backend.whoami().email)
+            except Exception as error:  # noqa: BLE001 - re-raised in the test thread
+                results.append(error)
+
+        results = []
+        with self.registry.cursor() as other_worker:
+            # Another worker holds the mailbox's refresh lock and redeems the stored refresh token.
+            other_worker.execute("SELECT pg_advisory_lock(%s, %s)", (TOKEN_REFRESH_LOCK, self.user_id))
+            other_worker.commit()
+            oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, self.tenant.authority, cache_blob=self.first_cache,
+                               verify=self.tenant.ca_path)
+            oauth.delegated_token_provider(self.remote.email)(force_refresh=True)
+            with patch.object(StoredTokenCache, "refreshing", refreshing_observed):
+                thread = threading.Thread(target=sync, name="syncing")
+                thread.start()
+                self.assertTrue(refresh_started.wait(timeout=30), "the sync refreshes through the store")
+                self.assertTrue(self.waits_for_the_lock(thread, other_worker),
+                                f"the sync did not wait for the other worker's refresh: {results}")
+                # It stores the rotated cache, then lets the waiting refresh go on.
+                other_worker.execute("UPDATE res_users SET exchange_token_cache = %s WHERE id = %s",
+                                     (oauth.cache_blob, self.user_id))
+                other_worker.commit()
+                other_worker.execute("SELECT pg_advisory_unlock(%s, %s)", (TOKEN_REFRESH_LOCK, self.user_id))
+                other_worker.commit()
+                thread.join(timeout=60)
+        self.assertFalse(thread.is_alive(), "the sync hung")
+        if isinstance(results[0], Exception):
+            raise results[0]
+        self.assertEqual(results, [self.remote.email])
+        self.assertEqual(self.tenant.request_log.count(protocol="identity", status=400), 0,
+                         "no refresh token redeemed twice")
+
+    def waits_for_the_lock(self, thread, cr):
+        """Whether ``thread`` comes to wait for the mailbox's refresh lock (False: it ended first)."""
+        deadline = time.monotonic() + 30
+        while thread.is_alive() and time.monotonic() < deadline:
+            cr.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                       "AND classid = %s AND objid = %s", (TOKEN_REFRESH_LOCK, self.user_id))
+            if cr.fetchone():
+                return True
+            thread.join(timeout=0.01)  # the next look at the locks, or the thread's end
+        return False
