@@ -784,14 +784,18 @@ class ResUsers(models.Model):
             with user._exchange_backend(budget=RunBudget(60)) as backend:
                 backend.whoami()
 
-        On exit the rotated OAuth token cache is saved, the backend closed and the outcome
-        recorded on the user's exchange.mailbox, in the current transaction: success resets the
-        failure counter; an :class:`AuthenticationError` leaving the block counts as a failed
-        sign-in, and at ``exchange_connector.max_auth_failures`` (3) the mailbox is locked
-        (state ``auth_failed``) and the user notified. A locked mailbox gets no backend at all
+        A rotated OAuth token cache is committed the moment Microsoft hands it out (see
+        :class:`StoredTokenCache`; saved on exit, in the current transaction, only for a user not
+        committed yet). On exit the backend is closed and the outcome recorded on the user's
+        exchange.mailbox, in the current transaction: success resets the failure counter; an
+        :class:`AuthenticationError` leaving the block counts as a failed sign-in, and at
+        ``exchange_connector.max_auth_failures`` (3) the mailbox is locked (state
+        ``auth_failed``) and the user notified. A locked mailbox gets no backend at all
         (UserError) until the user reconnects or changes the credentials, so that scheduled
-        runs never get the account locked out by Exchange. Let AuthenticationError propagate
-        out of the block; callers that turn errors into a UserError roll the counting back.
+        runs never get the account locked out by Exchange; an Exchange account that refused too
+        many passwords lately gets none either (``exchange.sign.in.failure``), whatever was
+        written meanwhile. Let AuthenticationError propagate out of the block; callers that turn
+        errors into a UserError roll the counting back.
         """
         self.ensure_one()
         user = self.sudo()
