@@ -8,3 +8,4 @@ from . import res_partner
 from . import calendar_event
 from . import res_company
 from . import exchange_event_import
+from . import exchange_sign_in_failure
