@@ -29,6 +29,14 @@ class WorkerKilled(BaseException):
 
 class SchedulerMixin(ExchangeTenantMixin):
     @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # One mailbox at a time, in the calling cursor: the tests of the concurrent mode are in
+        # test_scheduler_scale.py (threads only see committed rows).
+        cls.startClassPatcher(patch.object(
+            type(cls.env["exchange.mailbox"]), "_exchange_sync_concurrency", return_value=1))
+
+    @classmethod
     def add_mails(cls, remote, count, folder_path="Inbox/Transfer In"):
         folder = remote.ensure_folder_path(folder_path)
         for number in range(count):
@@ -478,8 +486,8 @@ class TestSchedulerConcurrency(SchedulerMixin, TransactionCase):
         self.assertEqual(len(synced["second"]), 4, "the second worker skipped only the leased mailbox")
         self.assertEqual(sorted(all_synced), sorted(mailbox_ids))
         for email in self.emails.values():
-            self.assertEqual(self.tenant.request_log.count(endpoint="SyncFolderItems", mailbox=email), 2,
-                             "one listing of each transfer folder per mailbox")
+            self.assertEqual(self.tenant.request_log.count(endpoint="SyncFolderItems", mailbox=email), 3,
+                             "one listing of each transfer folder and of the calendar per mailbox")
 
 
 @tagged("post_install", "-at_install")
