@@ -21,7 +21,7 @@ from ..services import (
     RunBudget,
     TimeBudgetExceeded,
 )
-from .res_config_settings import DEFAULT_MIN_SYNC_INTERVAL
+from .res_config_settings import DEFAULT_MIN_SYNC_INTERVAL, DEFAULT_SYNC_CONCURRENCY
 
 _logger = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ MIN_SECONDS_PER_MAILBOX = 5
 #: Seconds a lease outlives the budget: the last request's timeout and the closing bookkeeping fit
 #: in it, so that it expires only when its worker is gone (killed at limit_time_real at the latest).
 LEASE_MARGIN = 120
-#: Mailboxes one call of the scheduled job syncs at the same time (``exchange_connector.sync_concurrency``).
-DEFAULT_SYNC_CONCURRENCY = 4
 #: First key of the PostgreSQL advisory locks that keep two workers from syncing one mailbox.
 SYNC_LOCK_NAMESPACE = 0x45584348  # "EXCH"
 #: The Outlook contact folder the connector pushes subscribed partners into.
