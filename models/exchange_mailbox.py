@@ -457,6 +457,8 @@ class ExchangeMailbox(models.Model):
     def _exchange_sync(self, budget=None, trigger="cron"):
         """Sync the enabled kinds of this (leased) mailbox; never raises for one mailbox's failure.
 
+        Returns the errors that stopped kinds (also recorded on their runs).
+
         The runs tell what happened (a kind that found nothing leaves none, see
         :class:`PendingRun`); the lease is released and the next sync scheduled at the end, in
         a short transaction of their own.
@@ -498,6 +500,7 @@ class ExchangeMailbox(models.Model):
             runs._start(user, "connection", trigger)._finish(error)
             errors.append(error)
         self._exchange_schedule_next(errors)
+        return errors
 
     def _exchange_sync_kind(self, kind, backend, run):
         """Run ``_sync_<kind>``; return the error that stopped it, or None.
@@ -536,7 +539,12 @@ class ExchangeMailbox(models.Model):
             values.update(sync_lease_until=False, sync_lease_token=False)
         # Without a lease, no page changed anything: this write is the sync's only one.
         if self.state == "connected":  # not when disconnected or locked out meanwhile
-            if any(isinstance(error, INTERRUPTIONS) for error in errors):
+            retry_after = max((error.retry_after for error in errors if getattr(error, "retry_after", None)),
+                              default=None)
+            if retry_after:
+                # Microsoft named the moment it accepts this mailbox again: not a request before.
+                values["next_sync"] = now + timedelta(seconds=retry_after)
+            elif any(isinstance(error, INTERRUPTIONS) for error in errors):
                 # Continue at the next run, after the mailboxes that waited longer.
                 values["next_sync"] = now
             else:
