@@ -36,9 +36,30 @@ class ExchangeMailbox(models.Model):
     def _exchange_enqueue_due(self):
         """Enqueue a sync job for each due mailbox that has none waiting; returns how many are due."""
         due = self.sudo().search(self._due_domain(), order="sync_requested desc, next_sync asc, id")
+        if due:
+            self._exchange_queue_job_function()
         for mailbox in due:
             mailbox._exchange_enqueue()
         return len(due)
+
+    @api.model
+    def _exchange_queue_job_function(self):
+        """queue_job's settings of the sync jobs, created on first use: their channel, and commits
+        allowed (a sync commits page by page). An administrator may change them afterwards."""
+        functions = self.env["queue.job.function"].sudo()
+        name = functions.job_function_name(self._name, "_exchange_sync_job")
+        function = functions.search([("name", "=", name)], limit=1)
+        if function:
+            return function
+        channels = self.env["queue.job.channel"].sudo()
+        channel = channels.search([("complete_name", "=", QUEUE_JOB_CHANNEL)], limit=1) or channels.create({
+            "name": QUEUE_JOB_CHANNEL.rsplit(".", 1)[-1],
+            "parent_id": self.env.ref("queue_job.channel_root").id,
+        })
+        return functions.create({
+            "model_id": self.env["ir.model"]._get_id(self._name), "method": "_exchange_sync_job",
+            "channel_id": channel.id, "allow_commit": True,
+        })
 
     def _exchange_enqueue(self, eta=None):
         """The sync job of this mailbox; the identity key keeps a mailbox from waiting twice in the queue."""

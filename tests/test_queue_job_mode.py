@@ -31,10 +31,14 @@ class TestQueueJobMode(SchedulerMixin, TransactionCase):
         return self.env["queue.job"].search([("identity_key", "in", keys)], order="id")
 
     def perform(self, job):
-        """Run ``job`` as queue_job's runner does; returns its result or the exception it raised."""
+        """Run ``job`` as queue_job's runner does; returns its result or the exception it raised.
+
+        The job may commit (one commit per page): queue_job runs it in a cursor of its own,
+        which the registry's test mode makes one on the test transaction.
+        """
         from odoo.addons.queue_job.job import Job  # noqa: PLC0415 - only with queue_job installed
 
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress):
+        with self.enter_registry_test_mode():
             try:
                 return Job.load(self.env, job.uuid).perform()
             except Exception as error:  # noqa: BLE001 - assertRaises would roll the job's writes back
@@ -53,6 +57,9 @@ class TestQueueJobMode(SchedulerMixin, TransactionCase):
         jobs = self.jobs_of(mailboxes)
         self.assertEqual(len(jobs), 3, "one job per due mailbox, whatever the number of cron runs")
         self.assertEqual(set(jobs.mapped("channel")), {"root.exchange_connector"})
+        function = jobs[0].job_function_id
+        self.assertTrue(function.allow_commit, "a sync commits page by page")
+        self.assertEqual(function.channel, "root.exchange_connector")
         self.assertEqual(set(jobs.mapped("state")), {"pending"})
         self.assertFalse(self.jobs_of(idle))
         self.assertEqual(len(self.tenant.request_log.entries), 0, "the scheduled job only enqueues")
