@@ -30,7 +30,8 @@ DEFAULT_MAX_AUTH_FAILURES = 3
 #: well below Odoo's default ``limit_time_real`` (120 s) so that a request's timeout still fits.
 DEFAULT_CRON_TIME_BUDGET = 60
 #: A mailbox is not started with less time left: it would only get as far as its first request.
-MIN_SECONDS_PER_MAILBOX = 5
+#: A mailbox without news takes three round trips (well under a second with 200 ms latency).
+MIN_SECONDS_PER_MAILBOX = 2
 #: Seconds a lease outlives the budget: the last request's timeout and the closing bookkeeping fit
 #: in it, so that it expires only when its worker is gone (killed at limit_time_real at the latest).
 LEASE_MARGIN = 120
@@ -258,11 +259,13 @@ class ExchangeMailbox(models.Model):
         remaining and triggers itself again at once.
         """
         due_ids = self.sudo().search(self._due_domain(), order="sync_requested desc, next_sync asc, id").ids
+        concurrency = min(self._exchange_sync_concurrency(), len(due_ids))
         cron = self.env["ir.cron"]
+        # Committed: the next statement sees the other workers' commits, and this cursor holds no
+        # snapshot while the threads work (the parameters read below come from the registry's cache).
         time_left = cron._commit_progress(remaining=len(due_ids))
         if budget is None:
             budget = self._exchange_run_budget(time_left)
-        concurrency = min(self._exchange_sync_concurrency(), len(due_ids))
         if concurrency > 1:
             synced = self._exchange_sync_in_threads(due_ids, budget, concurrency)
         else:
@@ -609,12 +612,19 @@ class ExchangeMailbox(models.Model):
                 self.write(values)
         return folder
 
+    def _exchange_start_run(self, run):
+        """The record of ``run`` (a :class:`PendingRun`), created after the lease is written and
+        before the page that needs it: a page rolled back keeps its run, and no run is left
+        "started" without a lease that tells whether its worker is alive."""
+        self._exchange_check_lease()
+        return run.started()
+
     def _exchange_list_transfer_folder(self, backend, folder_kind, folder, run):
         state_field = f"mails_{folder_kind}_state"
         saved = self[state_field] or None
         for number, page in enumerate(backend.sync_messages(folder, saved)):
             if self._exchange_page_is_news(page, number, saved):
-                record = run.started()  # before the page: a page rolled back keeps its run
+                record = self._exchange_start_run(run)
                 with self._exchange_page():
                     self._import_message_page(folder_kind, page, record)
                     self.write({state_field: page.state})
@@ -658,7 +668,7 @@ class ExchangeMailbox(models.Model):
         saved = self.events_state or None
         for number, page in enumerate(backend.sync_events(start, end, saved)):
             if self._exchange_page_is_news(page, number, saved):
-                record = run.started()  # before the page: a page rolled back keeps its run
+                record = self._exchange_start_run(run)
                 with self._exchange_page():
                     self._import_event_page(page, record)
                     self.write({"events_state": page.state})
@@ -685,8 +695,7 @@ class ExchangeMailbox(models.Model):
             with self._exchange_page():
                 self.contact_folder_id = folder.id
         # Not a page: the push talks to Microsoft, and the mailbox row stays free meanwhile.
-        self._exchange_check_lease()
-        run = run.started()
+        run = self._exchange_start_run(run)
         with self.env.cr.savepoint():
             self._push_contacts(backend, folder, run)
         self._exchange_commit()

@@ -197,7 +197,7 @@ class TestNoChangeSync(SchedulerMixin, TransactionCase):
 
         def import_page_spending_the_budget(mailbox, folder_kind, page, run):
             import_page(mailbox, folder_kind, page, run)
-            now[0] = 58
+            now[0] = 59
 
         with patch.object(type(self.Mailbox), "_import_message_page", import_page_spending_the_budget):
             self.run_cron(budget=RunBudget(60, clock=lambda: now[0]))
@@ -215,31 +215,11 @@ class TestConcurrentMailboxes(SchedulerMixin, TransactionCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.start_tenant()
-        cls.addClassCleanup(cls.remove_committed_users)
-        cls.user_ids, cls.emails = [], {}
-        with cls.registry.cursor() as cr:
-            env = api.Environment(cr, SUPERUSER_ID, {})
-            for number in range(6):
-                user, remote, _mailbox = cls.connected_ews_user(
-                    env, f"para{number}", due_in=timedelta(minutes=number - 10))
-                cls.user_ids.append(user.id)
-                cls.emails[user.id] = remote.email
-                cls.add_mails(remote, 1)
-
-    @classmethod
-    def remove_committed_users(cls):
-        with cls.registry.cursor() as cr:
-            env = api.Environment(cr, SUPERUSER_ID, {})
-            users = env["res.users"].browse(cls.user_ids).exists()
-            partners = users.partner_id
-            env["exchange.sync.run"].search([("user_id", "in", users.ids)]).unlink()
-            env["exchange.mailbox"].search([("user_id", "in", users.ids)]).unlink()
-            users.unlink()
-            partners.unlink()
+        cls.commit_ews_users("para", 6)
 
     def test_three_mailboxes_at_once_each_synced_once_under_its_own_lease(self):
         inside = threading.Barrier(3, timeout=30)
-        leases, threads = {}, {}
+        leases, threads, written = {}, {}, []
         lock = threading.Lock()
         import_page = type(self.env["exchange.mailbox"])._import_message_page
 
@@ -248,7 +228,9 @@ class TestConcurrentMailboxes(SchedulerMixin, TransactionCase):
             if folder_kind != "in":
                 return
             with lock:
-                leases.setdefault(mailbox.id, set()).add(mailbox.env.context["exchange_sync_lease"])
+                token = mailbox.env.context["exchange_sync_lease"]
+                leases.setdefault(mailbox.id, set()).add(token)
+                written.append(mailbox.sync_lease_token == token)
                 threads.setdefault(mailbox.id, set()).add(threading.current_thread().name)
                 first_three = len(leases) <= 3
             if first_three:
@@ -270,6 +252,7 @@ class TestConcurrentMailboxes(SchedulerMixin, TransactionCase):
                              & mailboxes)
         self.assertEqual(sorted(leases), sorted(mailboxes.ids))
         self.assertEqual({len(tokens) for tokens in leases.values()}, {1}, "one lease per mailbox")
+        self.assertEqual(set(written), {True}, "each mailbox's lease is on its row while its pages are saved")
         self.assertEqual(len(set().union(*leases.values())), 6, "six distinct leases")
         self.assertEqual(len(set().union(*threads.values())), 3)
         self.assertTrue(all(name.startswith("cron/exchange-") for name in set().union(*threads.values())))
