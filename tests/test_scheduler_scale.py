@@ -186,6 +186,23 @@ class TestNoChangeSync(SchedulerMixin, TransactionCase):
         self.assertEqual(pushed, [mailbox.contact_folder_id])
         self.assertTrue(self.requests_of(remote.email).count(("FindFolder", 200)))
 
+    def test_each_mailbox_reads_only_its_own_rows(self):
+        """Linear in the number due: a mailbox's reads (after each commit) fetch its row and its
+        user's, never those of every due mailbox."""
+        users = [self.connected_ews_user(self.env, f"lina{number}")[0] for number in range(3)]
+        prefetched = []
+        import_page = type(self.Mailbox)._import_message_page
+
+        def import_page_observed(mailbox, folder_kind, page, run):
+            import_page(mailbox, folder_kind, page, run)
+            prefetched.append((len(list(mailbox._prefetch_ids)), len(list(mailbox.user_id._prefetch_ids))))
+
+        with patch.object(type(self.Mailbox), "_import_message_page", import_page_observed):
+            self.run_cron()
+        self.assertEqual(len(self.Run.search([("user_id", "in", [user.id for user in users])])), 9)
+        self.assertTrue(prefetched)
+        self.assertEqual(set(prefetched), {(1, 1)})
+
     def test_the_job_triggers_itself_while_mailboxes_stay_due(self):
         early_user, _remote, _early = self.connected_ews_user(self.env, "tara", due_in=timedelta(hours=-2))
         _late_user, _remote, late = self.connected_ews_user(self.env, "timo", due_in=timedelta(hours=-1))
