@@ -817,10 +817,7 @@ class ResUsers(models.Model):
         user = self.sudo()
         mailbox = user._exchange_mailbox()
         if mailbox.state == "auth_failed":
-            raise UserError(self.env._(
-                "Exchange authentication failed — reconnect: the connector stopped using the mailbox of "
-                "%(user)s after repeated failed sign-ins. Click Connect (Office 365) or correct the password "
-                "(Exchange) in the preferences.", user=user.name))
+            raise UserError(mailbox._exchange_lockout_sentence())
         failures = self.env["exchange.sign.in.failure"]
         account = user._exchange_password_account()
         actor_uid = failures._actor_uid(user)
@@ -970,9 +967,7 @@ class ResUsers(models.Model):
         for user in self:
             mailbox = user.sudo()._exchange_mailbox()
             if mailbox.state == "auth_failed":
-                raise UserError(self.env._(
-                    "Exchange authentication failed — reconnect the mailbox of %(user)s before syncing.",
-                    user=user.name))
+                raise UserError(mailbox._exchange_lockout_sentence())
             if mailbox.state != "connected":
                 raise UserError(self.env._("Connect the mailbox of %(user)s first.", user=user.name))
             # A running sync holds a lease, not the row: the request waits for nothing, and it

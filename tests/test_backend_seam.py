@@ -91,11 +91,12 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
         notice = self.env["mail.message"].search([("partner_ids", "in", user.partner_id.ids)])
         self.assertEqual(len(notice), 1)
         self.assertIn("paused after 3 failed sign-ins", str(notice.body))
-        self.assertIn("correct them under Office 365 / Exchange", str(notice.body))
+        self.assertIn("Correct the user name or password in your preferences", str(notice.body))
 
         # Refused requests carry no mailbox in the log (Exchange never learnt who it was): count them all.
         served = len(self.tenant.request_log.entries)
-        with self.assertRaisesRegex(UserError, "authentication failed — reconnect"), user._exchange_backend():
+        locked = "stopped using the Exchange password"
+        with self.assertRaisesRegex(UserError, locked), user._exchange_backend():
             pass
         self.assertEqual(len(self.tenant.request_log.entries), served,
                          "a locked mailbox never reaches Exchange")
@@ -127,7 +128,7 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
         self.assertEqual((mailbox.state, mailbox.last_error_code), ("auth_failed", "invalid_grant"))
         lockout = notices([("partner_ids", "in", user.partner_id.ids), ("id", "not in", warning.ids)])
         self.assertIn("paused after 2 failed sign-ins", str(lockout.body))
-        self.assertIn("click Connect and sign in again", str(lockout.body))
+        self.assertIn("Click Connect in your preferences", str(lockout.body))
         self.tenant.request_log.clear()
         with self.assertRaises(UserError), user._exchange_backend():
             pass

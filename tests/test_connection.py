@@ -151,7 +151,7 @@ class TestExchangeConnectionTest(ExchangeTenantMixin, TransactionCase):
             ("model", "=", "res.users"), ("res_id", "=", self.carol.id),
             ("partner_ids", "in", self.carol.partner_id.ids)]), "the user is told about the lockout")
         self.tenant.request_log.clear()
-        self.assertConnectionFails(self.carol, "Exchange authentication failed — reconnect")
+        self.assertConnectionFails(self.carol, "stopped using your Exchange password")
         self.assertEqual(self.tenant.request_log.count(protocol="ews"), 0, "a locked mailbox is left alone")
         carol.exchange_ews_password = PASSWORD
         self.assertEqual(self.carol.exchange_state, "connected")

@@ -1,0 +1,18 @@
+from odoo import models
+
+#: Context key of the connector's notices: they go to the Odoo inbox, whatever the user's preference.
+INBOX_NOTICE_CONTEXT = "exchange_connector_inbox_notice"
+
+
+class MailThread(models.AbstractModel):
+    _inherit = "mail.thread"
+
+    def _notify_get_recipients(self, message, msg_vals=False, **kwargs):
+        recipients = super()._notify_get_recipients(message, msg_vals=msg_vals, **kwargs)
+        if self.env.context.get(INBOX_NOTICE_CONTEXT):
+            # A paused synchronisation must be seen in Odoo even by users who chose "by e-mail",
+            # which no mail server may deliver: the connector e-mails them itself when it can.
+            for recipient in recipients:
+                if recipient.get("uid") and recipient.get("notif") == "email":
+                    recipient["notif"] = "inbox"
+        return recipients
