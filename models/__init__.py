@@ -11,4 +11,4 @@ from . import exchange_event_import
 from . import exchange_sign_in_failure
 from . import exchange_queue_job
 from . import mail_thread
-from . import exchange_mailbox_notice
+from . import exchange_mailbox_status

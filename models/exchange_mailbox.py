@@ -184,7 +184,7 @@ class ExchangeMailbox(models.Model):
              "connector stops trying until the user reconnects, so that it never gets the account locked.")
     last_error = fields.Text(copy=False)
     last_error_code = fields.Char("Last Microsoft error code", copy=False)
-    connected_email = fields.Char("Connected mailbox", copy=False)
+    connected_email = fields.Char("Mailbox address", copy=False)
     sync_requested = fields.Boolean(
         copy=False, help="The user asked for a sync: the next scheduled run does it whatever the interval.")
     last_sync_started = fields.Datetime(copy=False)

@@ -2,8 +2,9 @@ import logging
 from datetime import timedelta
 
 from odoo import api, fields, models
+from odoo.exceptions import UserError
 
-from ..services import TimeBudgetExceeded
+from ..services import ExchangeError, TimeBudgetExceeded
 from .exchange_mailbox import MailboxReleased
 
 # Stops after which the next run simply resumes from the last committed page.
@@ -63,6 +64,10 @@ class ExchangeSyncRun(models.Model):
     request_id = fields.Char(
         "Microsoft request id", readonly=True,
         help="Give it to Microsoft support to find the request in their logs.")
+    error_summary = fields.Text(
+        "What went wrong", readonly=True,
+        help="What stopped the run and what to do about it; the exception itself is under Details.")
+    result = fields.Char(compute="_compute_result")
 
     @api.depends("date_started", "date_done")
     def _compute_duration(self):
@@ -71,6 +76,21 @@ class ExchangeSyncRun(models.Model):
                 run.duration = (run.date_done - run.date_started).total_seconds()
             else:
                 run.duration = 0.0
+
+    @api.depends("state", "count_created", "count_updated", "count_deleted", "count_skipped", "count_failed")
+    def _compute_result(self):
+        """One line on what the run did: "Done: 0 imported" only when there was nothing to import."""
+        for run in self:
+            counts = [(run.count_created, self.env._("%(count)s imported")),
+                      (run.count_updated, self.env._("%(count)s updated")),
+                      (run.count_deleted, self.env._("%(count)s removed")),
+                      (run.count_skipped, self.env._("%(count)s skipped")),
+                      (run.count_failed, self.env._("%(count)s failed"))]
+            done = [label % {"count": count} for count, label in counts if count]
+            state = dict(run._fields["state"]._description_selection(self.env)).get(run.state, run.state)
+            if not done:
+                done = [self.env._("nothing new") if run.state != "started" else self.env._("nothing yet")]
+            run.result = self.env._("%(state)s: %(what)s", state=state, what=", ".join(done))
 
     @api.depends("kind", "user_id", "date_started")
     def _compute_display_name(self):
@@ -99,8 +119,23 @@ class ExchangeSyncRun(models.Model):
                 exc_message=str(error),
                 error_code=getattr(error, "code", None) or getattr(error, "kind", None) or False,
                 request_id=getattr(error, "request_id", None) or False,
+                error_summary=self._error_summary(error),
             )
         self.write(values)
+
+    def _error_summary(self, error):
+        """The sentence a user reads about ``error``: what happened and what to do."""
+        self.ensure_one()
+        if isinstance(error, PARTIAL_STOPS):
+            return self.env._(
+                "The run stopped at its time limit or because the mailbox changed meanwhile: the next run "
+                "continues where it stopped. Nothing to do.")
+        if isinstance(error, (ExchangeError, UserError)):
+            return self.env["exchange.mailbox"].sudo().search(
+                [("user_id", "=", self.user_id.id)], limit=1)._exchange_error_text(error)
+        return self.env._(
+            "An unexpected error stopped this run; what was saved before it stays, and the next run tries "
+            "again. If it happens again, give the details below to your administrator.")
 
     @api.model
     def _close_interrupted(self, user, worker_gone_at):

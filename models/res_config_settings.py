@@ -57,6 +57,29 @@ class ResConfigSettings(models.TransientModel):
         help="How many mailboxes one run of the scheduled job syncs at the same time "
              "(1: one after the other).")
 
+    # What the administrator registers in Microsoft Entra, as this database really asks for it.
+    exchange_redirect_uri = fields.Char("Redirect URI", compute="_compute_exchange_app_registration")
+    exchange_permissions = fields.Char("Delegated permissions", compute="_compute_exchange_app_registration")
+    exchange_outlook_calendar_installed = fields.Boolean(compute="_compute_exchange_app_registration")
+    exchange_reuses_outlook_credentials = fields.Boolean(compute="_compute_exchange_app_registration")
+
+    def _compute_exchange_app_registration(self):
+        # Imported here: res_users imports this module's defaults.
+        from ..services.auth import DELEGATED_SCOPES  # noqa: PLC0415
+        from .res_users import OAUTH_CALLBACK_PATH  # noqa: PLC0415
+
+        params = self.env["ir.config_parameter"].sudo()
+        # msal adds offline_access (the refresh token), openid and profile to every sign-in.
+        permissions = [scope.rsplit("/", 1)[-1] for scope in DELEGATED_SCOPES] + ["offline_access"]
+        outlook = self.env["ir.module.module"].sudo().search_count(
+            [("name", "=", "microsoft_calendar"), ("state", "=", "installed")])
+        for settings in self:
+            settings.exchange_redirect_uri = settings.get_base_url() + OAUTH_CALLBACK_PATH
+            settings.exchange_permissions = ", ".join(permissions)
+            settings.exchange_outlook_calendar_installed = bool(outlook)
+            settings.exchange_reuses_outlook_credentials = not settings.exchange_client_id and bool(
+                params.get_param("microsoft_calendar_client_id"))
+
     @api.constrains(
         "exchange_default_sync_interval", "exchange_min_sync_interval", "exchange_sync_concurrency")
     def _check_exchange_sync_intervals(self):

@@ -9,6 +9,8 @@ import time
 import warnings
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
 from odoo import api, fields, models, tools
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tools import consteq, email_normalize, hmac
@@ -61,6 +63,7 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # PEM is text in lines: line breaks and tabs are fine there.
 PEM_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 CA_FOLDER = os.path.join("exchange_connector", "ca")
 # A CA file younger than this is kept even when no user names it: a worker may be about to open it.
 CA_FILE_GRACE_SECONDS = 60
@@ -79,6 +82,7 @@ USER_CREDENTIAL_FAILURES = ("password", "invalid_grant", "no_account", "token")
 # The mailbox's connection state, which its user may read too.
 EXCHANGE_STATUS_FIELDS = ["exchange_state", "exchange_connected_email", "exchange_last_error"]
 EXCHANGE_STATUS_FIELDS += ["exchange_outlook_calendar_syncs"]
+EXCHANGE_STATUS_FIELDS += ["exchange_health", "exchange_transfer_folders_missing", "exchange_ca_summary"]
 # Who may have a mailbox: every internal user (implied by base.group_user); an administrator may
 # remove that implication and give the group to some users only.
 MAILBOX_USER_GROUP = "exchange_connector.group_exchange_user"
@@ -167,7 +171,7 @@ class ResUsers(models.Model):
     # The mailbox's connection state, kept on exchange.mailbox, shown on the user.
     exchange_state = fields.Selection(
         MAILBOX_STATES, string="Mailbox connection", compute="_compute_exchange_status")
-    exchange_connected_email = fields.Char("Connected mailbox", compute="_compute_exchange_status")
+    exchange_connected_email = fields.Char("Connected as", compute="_compute_exchange_status")
     exchange_last_error = fields.Text("Last sync error", compute="_compute_exchange_status")
     exchange_outlook_calendar_syncs = fields.Boolean(
         "Odoo's Outlook Calendar syncs", compute="_compute_exchange_outlook_calendar_syncs")
@@ -439,8 +443,7 @@ class ResUsers(models.Model):
         ConnectionProblem / ExchangeError; UserError when Office 365 is not set up.
         """
         config = self.env["ir.config_parameter"].sudo()
-        client_id = config.get_param("exchange_connector.client_id")
-        client_secret = config.get_param("exchange_connector.client_secret")
+        client_id, client_secret = self._exchange_azure_app_credentials()
         if not (client_id and client_secret):
             raise UserError(self.env._(
                 "Office 365 is not set up yet: an administrator must enter the Azure client ID and secret "
@@ -624,6 +627,10 @@ class ResUsers(models.Model):
             mailbox = self.sudo()._exchange_mailbox()
             if mailbox.last_error != check["message"]:
                 mailbox.write({"last_error": check["message"], "last_error_code": False})
+        else:
+            mailbox = self.sudo()._exchange_mailbox()
+            if mailbox.transfer_folders_missing != bool(check["missing_folders"]):
+                mailbox.transfer_folders_missing = bool(check["missing_folders"])
         return self._exchange_notification(check["message"], "success" if check["ok"] else "danger")
 
     def action_exchange_create_transfer_folders(self):
@@ -642,6 +649,7 @@ class ResUsers(models.Model):
             return self._exchange_notification(self._exchange_describe_error(exc), "danger")
         except UserError as exc:
             return self._exchange_notification(exc.args[0], "danger")
+        self.sudo()._exchange_mailbox().transfer_folders_missing = False
         return self._exchange_notification(self.env._(
             "The transfer folders %(folders)s are in place.",
             folders=self.env._(" and ").join(f"“{path}”" for path in paths)), "success")
@@ -655,6 +663,8 @@ class ResUsers(models.Model):
                 "message": message,
                 "type": kind,
                 "sticky": kind == "danger",
+                # The tab shows the state this button left at once (static/src/tab).
+                "next": {"type": "ir.actions.client", "tag": "exchange_connector_reload_record"},
             },
         }
 
@@ -1006,6 +1016,7 @@ class ResUsers(models.Model):
             "sync_requested": mailbox.sync_requested,
             "last_sync": fields.Datetime.to_string(last_sync) if last_sync else False,
             "last_error": mailbox.last_error or False,
+            "account_type": user.exchange_account_type,
         }
 
     def _compute_exchange_outlook_calendar_syncs(self):
@@ -1024,3 +1035,66 @@ class ResUsers(models.Model):
             return False
         # Its status says "active" for users who never connected it: only a token means it syncs.
         return user._microsoft_calendar_authenticated() and user._get_microsoft_sync_status() == "sync_active"
+
+    # -- what the Office 365 / Exchange tab shows ------------------------------
+
+    exchange_health = fields.Selection(
+        [("not_connected", "Not connected"), ("connected", "Connected"),
+         ("failing", "Connected, but the last check failed"), ("auth_failed", "Sign-in refused")],
+        string="Mailbox state", compute="_compute_exchange_screen")
+    exchange_transfer_folders_missing = fields.Boolean(compute="_compute_exchange_screen")
+    exchange_ca_summary = fields.Char("Trusted CA", compute="_compute_exchange_screen")
+
+    @api.depends_context("uid")
+    @api.depends("exchange_ca_bundle")
+    def _compute_exchange_screen(self):
+        # As _compute_exchange_status: only the user themself and administrators see a mailbox.
+        is_admin = self.env.user.has_group("base.group_system")
+        visible = self._origin if is_admin else self._origin & self.env.user
+        mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", visible.ids)])
+        by_user = {mailbox.user_id.id: mailbox for mailbox in mailboxes}
+        for user in self:
+            mailbox = by_user.get(user._origin.id)
+            state = mailbox.state if mailbox else "not_connected"
+            if state == "connected" and mailbox.last_error:
+                state = "failing"
+            user.exchange_health = state
+            user.exchange_transfer_folders_missing = bool(mailbox and mailbox.transfer_folders_missing)
+            pem = user.sudo().exchange_ca_bundle if user._origin in visible else False
+            user.exchange_ca_summary = self._exchange_describe_ca_bundle(pem)
+
+    @api.model
+    def _exchange_describe_ca_bundle(self, pem):
+        """"<subject>, valid until <date>" of the first certificate in ``pem`` (and how many follow)."""
+        if not pem or PEM_CERTIFICATE not in pem:
+            return False
+        blocks = PEM_BLOCK.findall(pem)
+        try:
+            certificates = [x509.load_pem_x509_certificate(block.encode()) for block in blocks]
+        except ValueError:
+            certificates = []
+        if not certificates:
+            return self.env._("Not a readable certificate")
+        first = certificates[0]
+        names = first.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        subject = names[0].value if names else first.subject.rfc4514_string()
+        expiry = getattr(first, "not_valid_after_utc", None) or first.not_valid_after
+        summary = self.env._("%(subject)s, valid until %(date)s", subject=subject, date=expiry.date().isoformat())
+        if len(certificates) > 1:
+            summary = self.env._("%(summary)s, and %(count)s more", summary=summary,
+                                 count=len(certificates) - 1)
+        return summary
+
+    @api.model
+    def _exchange_azure_app_credentials(self):
+        """The Azure app's client id and secret: the connector's own, or those of Odoo's Outlook Calendar.
+
+        One app registration may serve both (with both redirect URIs): an administrator who set up
+        ``microsoft_calendar`` need not enter the same credentials twice.
+        """
+        config = self.env["ir.config_parameter"].sudo()
+        client_id = config.get_param("exchange_connector.client_id")
+        if client_id:
+            return client_id, config.get_param("exchange_connector.client_secret")
+        return (config.get_param("microsoft_calendar_client_id"),
+                config.get_param("microsoft_calendar_client_secret"))

@@ -16,3 +16,4 @@ from . import test_password_guessing
 from . import test_scheduler_scale
 from . import test_queue_job_mode
 from . import test_notices
+from . import test_screens

@@ -49,7 +49,7 @@ class TestDiscussSync(ExchangeTenantMixin, HttpCase):
         summary = user.with_user(user).exchange_sync_summary()
         self.assertEqual(summary, {
             "configured": True, "state": "connected", "sync_requested": False,
-            "last_sync": False, "last_error": False,
+            "last_sync": False, "last_error": False, "account_type": "ews",
         })
         triggers = self.trigger_count()
         requests_before = self.tenant.request_log.count(mailbox=remote.email)

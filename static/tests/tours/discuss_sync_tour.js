@@ -60,8 +60,8 @@ tours.add("exchange_connector_discuss_locked", {
             trigger: `${ENTRY} button[name=exchange_sync_now]:disabled`,
         },
         {
-            content: "Follow the reconnect link",
-            trigger: `${ENTRY} a[name=exchange_reconnect]:contains('Authentication failed')`,
+            content: "Follow the link to the preferences",
+            trigger: `${ENTRY} a[name=exchange_reconnect]:contains('Password refused')`,
             run: "click",
         },
         {

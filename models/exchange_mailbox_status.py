@@ -1,6 +1,6 @@
 from markupsafe import Markup
 
-from odoo import models, tools
+from odoo import fields, models, tools
 
 from .mail_thread import INBOX_NOTICE_CONTEXT
 
@@ -9,9 +9,21 @@ ON_TAB_CONTEXT = "exchange_on_tab"
 
 
 class ExchangeMailbox(models.Model):
-    """Notices about a mailbox, worded for whoever reads them."""
+    """What the screens and notices tell about a mailbox, worded for whoever reads them."""
 
     _inherit = "exchange.mailbox"
+
+    transfer_folders_missing = fields.Boolean(
+        copy=False,
+        help="The last Test connection found a transfer folder missing: the tab offers to create it.")
+
+    def _exchange_find_folder(self, backend, folder_kind, path):
+        # A sync creates the folders it does not find: nothing is missing any more.
+        folder = super()._exchange_find_folder(backend, folder_kind, path)
+        if self.transfer_folders_missing:
+            with self._exchange_page():
+                self.transfer_folders_missing = False
+        return folder
 
     def _exchange_notice_reader_is_owner(self):
         return self.env.user == self.user_id or self.env.context.get("exchange_notice_to_owner")
