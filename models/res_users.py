@@ -1079,7 +1079,8 @@ class ResUsers(models.Model):
         names = first.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         subject = names[0].value if names else first.subject.rfc4514_string()
         expiry = getattr(first, "not_valid_after_utc", None) or first.not_valid_after
-        summary = self.env._("%(subject)s, valid until %(date)s", subject=subject, date=expiry.date().isoformat())
+        summary = self.env._("%(subject)s, valid until %(date)s",
+                             subject=subject, date=expiry.date().isoformat())
         if len(certificates) > 1:
             summary = self.env._("%(summary)s, and %(count)s more", summary=summary,
                                  count=len(certificates) - 1)
