@@ -92,8 +92,9 @@ class ExchangeOAuthController(http.Controller):
         return request.redirect(self._preferences_url())
 
     def _preferences_url(self):
-        # Always a fixed internal page: nothing from the request decides where the browser goes.
-        return f"/odoo/my-preferences/{request.env.user.id}"
+        # Always a fixed internal page: nothing from the request decides where the browser goes. The
+        # user's preferences, opened on the Office 365 / Exchange tab (action_exchange_my_mailbox).
+        return f"/odoo/my-mailbox/{request.env.user.id}"
 
     def _error_page(self, message):
         return request.render("exchange_connector.oauth_error", {

@@ -10,6 +10,7 @@ import warnings
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from lxml import etree
 
 from odoo import api, fields, models, tools
 from odoo.exceptions import AccessError, UserError, ValidationError
@@ -1099,3 +1100,16 @@ class ResUsers(models.Model):
             return client_id, config.get_param("exchange_connector.client_secret")
         return (config.get_param("microsoft_calendar_client_id"),
                 config.get_param("microsoft_calendar_client_secret"))
+
+    def _get_view_postprocessed(self, view, arch, **options):
+        arch, models = super()._get_view_postprocessed(view, arch, **options)
+        mailbox_view = self.env.ref("exchange_connector.view_users_form_exchange_mailbox", raise_if_not_found=False)
+        if view == mailbox_view:
+            # The preferences opened on the mailbox tab: the user's own fields, as base does for
+            # the preferences form itself.
+            tree = etree.fromstring(arch)
+            for node in tree.xpath("//field[@__groups_key__]"):
+                if node.get("name") in self.SELF_READABLE_FIELDS:
+                    node.attrib.pop("__groups_key__")
+            arch = etree.tostring(tree)
+        return arch, models

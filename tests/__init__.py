@@ -17,3 +17,4 @@ from . import test_scheduler_scale
 from . import test_queue_job_mode
 from . import test_notices
 from . import test_screens
+from . import test_screens_tour

@@ -63,7 +63,7 @@ class TestExchangeOAuth(ExchangeTenantMixin, HttpCase):
 
         response = self.open_callback(self.sign_in_at_microsoft(auth_uri, ALICE))
         self.assertEqual(response.status_code, 303, response.text[:500])
-        self.assertTrue(response.headers["Location"].endswith(f"/odoo/my-preferences/{self.alice.id}"))
+        self.assertTrue(response.headers["Location"].endswith(f"/odoo/my-mailbox/{self.alice.id}"))
         first_cache = self.stored_cache(self.alice)
         self.assertTrue(first_cache)
         first_refresh_tokens = self.refresh_tokens(first_cache)
