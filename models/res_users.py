@@ -40,6 +40,8 @@ _logger = logging.getLogger(__name__)
 
 OAUTH_STATE_SCOPE = "exchange_connector_oauth"
 OAUTH_CALLBACK_PATH = "/exchange_connector/oauth/callback"
+#: The preferences opened on the Office 365 / Exchange tab (where Connect comes back to).
+MAILBOX_TAB_VIEW = "exchange_connector.view_users_form_exchange_mailbox"
 CONNECT_TOKEN_SCOPE = "exchange_connector_connect"
 CONNECT_TOKEN_LIFETIME = 600  # seconds between a click on Connect and the redirect it causes
 MAX_EVENT_WINDOW_DAYS = 3650
@@ -1103,8 +1105,7 @@ class ResUsers(models.Model):
 
     def _get_view_postprocessed(self, view, arch, **options):
         arch, models = super()._get_view_postprocessed(view, arch, **options)
-        mailbox_view = self.env.ref("exchange_connector.view_users_form_exchange_mailbox", raise_if_not_found=False)
-        if view == mailbox_view:
+        if view == self.env.ref(MAILBOX_TAB_VIEW, raise_if_not_found=False):
             # The preferences opened on the mailbox tab: the user's own fields, as base does for
             # the preferences form itself.
             tree = etree.fromstring(arch)
