@@ -26,7 +26,11 @@ class ExchangeMailbox(models.Model):
         return folder
 
     def _exchange_notice_reader_is_owner(self):
-        return self.env.user == self.user_id or self.env.context.get("exchange_notice_to_owner")
+        """Whether the text is for the mailbox's user: theirs to read, or stored by the scheduled job
+        (as superuser) for the tab, where they read it. An administrator reads about another user."""
+        user = self.env.user
+        return user == self.user_id or user._is_superuser() \
+            or bool(self.env.context.get("exchange_notice_to_owner"))
 
     def _exchange_where_to_fix(self):
         """Where the reader fixes the mailbox: nothing for a reader already on the tab."""
@@ -58,8 +62,8 @@ class ExchangeMailbox(models.Model):
             return self.env._(
                 "The connector stopped using the Exchange password of %(user)s after repeated refused "
                 "sign-ins, so that Exchange does not lock the account. %(user)s must correct the user "
-                "name or password%(where)s (or an administrator enters the right one on their user form), "
-                "then the synchronisation resumes.", user=user.name, where=where)
+                "name or password%(where)s, or an administrator enters the right one on their user form; "
+                "the synchronisation then resumes.", user=user.name, where=where)
         return self.env._(
             "Microsoft refused the sign-in of the Office 365 mailbox of %(user)s several times: the "
             "connector stopped using it. Only %(user)s can fix it: they must click Connect%(where)s and "

@@ -693,14 +693,25 @@ class ResUsers(models.Model):
         """
         self.ensure_one()
         if isinstance(error, AuthenticationError):
+            mailbox = self._exchange_mailbox()
+            where = mailbox._exchange_where_to_fix()
             if error.kind == "password":
+                if not mailbox._exchange_notice_reader_is_owner():
+                    return self.env._(
+                        "Exchange refused the user name or password of %(user)s: they must correct "
+                        "them%(where)s, or an administrator enters the right ones on their user form.",
+                        user=self.name, where=where)
                 return self.env._(
-                    "Exchange refused the user name or password: correct them under "
-                    "Office 365 / Exchange in the preferences.")
+                    "Exchange refused the user name or password: correct them%(where)s.", where=where)
             if error.kind in ("invalid_grant", "no_account", "token"):
+                if not mailbox._exchange_notice_reader_is_owner():
+                    return self.env._(
+                        "Microsoft no longer accepts the sign-in of this mailbox (it expired or was "
+                        "revoked): only %(user)s can click Connect%(where)s and sign in again.",
+                        user=self.name, where=where)
                 return self.env._(
                     "Microsoft no longer accepts the sign-in of this mailbox (it expired or was revoked): "
-                    "click Connect and sign in again.")
+                    "click Connect and sign in again%(where)s.", where=where)
             if error.kind == "consent":
                 return self.env._(
                     "Microsoft refused access because the app lacks consent for this mailbox: ask your "

@@ -95,7 +95,7 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
 
         # Refused requests carry no mailbox in the log (Exchange never learnt who it was): count them all.
         served = len(self.tenant.request_log.entries)
-        locked = "stopped using the Exchange password"
+        locked = "stopped using your Exchange password"
         with self.assertRaisesRegex(UserError, locked), user._exchange_backend():
             pass
         self.assertEqual(len(self.tenant.request_log.entries), served,

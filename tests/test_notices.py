@@ -91,3 +91,16 @@ class TestNotices(ExchangeTenantMixin, TransactionCase):
         graph_mailbox = graph_user._exchange_mailbox()
         self.assertIn("Only Rosa can fix it: they must click Connect",
                       graph_mailbox.with_user(admin)._exchange_lockout_sentence())
+
+    def test_test_connection_on_the_tab_does_not_send_the_user_to_the_tab(self):
+        self.env["ir.config_parameter"].sudo().set_param("exchange_connector.max_auth_failures", 5)
+        user, _remote = self.ews_user(self.env, "sonja", password="wrong-password")
+        me = user.with_user(user)
+        on_tab = me.with_context(exchange_on_tab=True).action_exchange_test_connection()["params"]["message"]
+        self.assertEqual(on_tab, "Exchange refused the user name or password: correct them.")
+        elsewhere = me.action_exchange_test_connection()["params"]["message"]
+        self.assertIn("correct them in your preferences (My Preferences, tab Office 365 / Exchange)",
+                      elsewhere)
+        admin = new_test_user(self.env, login="sonja.admin", groups="base.group_system,base.group_user")
+        for_admin = user.with_user(admin).action_exchange_test_connection()["params"]["message"]
+        self.assertIn("of Sonja: they must correct them in their preferences", for_admin)
