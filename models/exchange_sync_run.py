@@ -130,9 +130,10 @@ class ExchangeSyncRun(models.Model):
             return self.env._(
                 "The run stopped at its time limit or because the mailbox changed meanwhile: the next run "
                 "continues where it stopped. Nothing to do.")
-        if isinstance(error, (ExchangeError, UserError)):
-            return self.env["exchange.mailbox"].sudo().search(
-                [("user_id", "=", self.user_id.id)], limit=1)._exchange_error_text(error)
+        if isinstance(error, ExchangeError):
+            return self.user_id.sudo()._exchange_describe_error(error)
+        if isinstance(error, UserError):
+            return str(error.args[0])
         return self.env._(
             "An unexpected error stopped this run; what was saved before it stays, and the next run tries "
             "again. If it happens again, give the details below to your administrator.")
