@@ -13,12 +13,14 @@
     "data": [
         "security/exchange_connector_security.xml",
         "security/ir.model.access.csv",
+        "security/exchange_contact_security.xml",
         "data/ir_cron_data.xml",
         "views/exchange_sync_run_views.xml",
         "views/exchange_mailbox_views.xml",
         "views/res_users_views.xml",
         "views/res_config_settings_views.xml",
         "views/exchange_menus.xml",
+        "views/exchange_contact_views.xml",
     ],
     "assets": {
         "web.assets_backend": [

@@ -5,3 +5,5 @@ from . import res_config_settings
 from . import res_users
 from . import exchange_address_choice
 from . import res_partner
+from . import exchange_contact_subscription
+from . import exchange_contact_push

@@ -9,7 +9,14 @@ from markupsafe import Markup
 from odoo import api, fields, models
 from odoo.exceptions import UserError
 
-from ..services import AuthenticationError, ConnectionProblem, ExchangeError, RunBudget, TimeBudgetExceeded
+from ..services import (
+    AuthenticationError,
+    ConnectionProblem,
+    ExchangeError,
+    RemoteFolder,
+    RunBudget,
+    TimeBudgetExceeded,
+)
 from .res_config_settings import DEFAULT_MIN_SYNC_INTERVAL
 
 _logger = logging.getLogger(__name__)
@@ -23,8 +30,6 @@ MIN_SECONDS_PER_MAILBOX = 5
 #: Seconds a lease outlives the budget: the last request's timeout and the closing bookkeeping fit
 #: in it, so that it expires only when its worker is gone (killed at limit_time_real at the latest).
 LEASE_MARGIN = 120
-#: The Outlook contact folder the connector pushes subscribed partners into.
-CONTACT_FOLDER_NAME = "Odoo"
 #: Sync states only make sense for the mailbox they were obtained from.
 SYNC_STATE_FIELDS = (
     "mails_in_folder_id", "mails_in_state", "mails_out_folder_id", "mails_out_state",
@@ -451,23 +456,38 @@ class ExchangeMailbox(models.Model):
         run._count(skipped=len(page.items))
 
     def _sync_contacts(self, backend, run):
-        """Make sure the connector's Outlook contact folder exists, then push the contact changes."""
+        """Make sure the user's Outlook contact folder exists, then push the contact changes.
+
+        The folder is the user's setting: the main Contacts folder (empty) or a named subfolder.
+        When it changed, :meth:`_sync_contacts_folder_changed` first cleans up the old one.
+        """
         self.ensure_one()
-        folder = backend.ensure_contact_folder(CONTACT_FOLDER_NAME)
+        folder = backend.ensure_contact_folder(self.user_id.exchange_contact_folder or "")
         if self.contact_folder_id != folder.id:
+            if self.contact_folder_id:
+                old = RemoteFolder(id=self.contact_folder_id, display_name="", path="")
+                with self.env.cr.savepoint():
+                    self._sync_contacts_folder_changed(backend, old, run)
             with self._exchange_page():
                 self.contact_folder_id = folder.id
         # Not a page: the push talks to Microsoft, and the mailbox row stays free meanwhile.
         with self.env.cr.savepoint():
-            self._push_contacts(backend, folder, run)
+            stop = self._push_contacts(backend, folder, run)
         self._exchange_commit()
+        if stop is not None:
+            raise stop
+
+    def _sync_contacts_folder_changed(self, backend, old_folder, run):
+        """The user chose another contact folder; the contact feature cleans up ``old_folder``."""
+        return None
 
     def _push_contacts(self, backend, folder, run):
         """Push the user's subscribed partners to ``folder`` with ``backend.push_contacts``.
 
         The contact feature overrides this hook; the connector itself has no subscriptions
         yet, so there is nothing to push. It runs in one savepoint, committed after it: a crash
-        rolls back the bindings it wrote, and the push is redone next time.
+        rolls back the bindings it wrote, and the push is redone next time. It may return an
+        error (e.g. TimeBudgetExceeded) to raise once what it did is committed.
         """
         return None
 

@@ -49,7 +49,8 @@ EXCHANGE_CREDENTIAL_FIELDS = {
 USER_CREDENTIAL_FAILURES = ("password", "invalid_grant", "no_account", "token")
 
 # The mailbox's connection state, which its user may read too.
-EXCHANGE_STATUS_FIELDS = ["exchange_state", "exchange_connected_email", "exchange_last_error"]
+EXCHANGE_STATUS_FIELDS = ["exchange_state", "exchange_connected_email", "exchange_last_error",
+                          "exchange_contact_count"]
 
 # Settings a user may read and change on their own record (preferences), although
 # res.users is otherwise writable by administrators only. Secrets that only server code
@@ -73,6 +74,9 @@ EXCHANGE_SELF_FIELDS = [
     "exchange_sync_mails",
     "exchange_sync_events",
     "exchange_sync_contacts",
+    "exchange_contact_folder",
+    "exchange_keep_customers_subscribed",
+    "exchange_unsubscribe_reassigned_customers",
 ]
 
 
@@ -758,4 +762,46 @@ class ResUsers(models.Model):
             "sync_requested": mailbox.sync_requested,
             "last_sync": fields.Datetime.to_string(last_sync) if last_sync else False,
             "last_error": mailbox.last_error or False,
+        }
+
+    # -- contact push: "My Outlook contacts" --------------------------------
+
+    exchange_contact_folder = fields.Char(
+        "Outlook contact folder",
+        help="Leave empty to keep your subscribed partners in the main Contacts folder, the one your "
+             "phone syncs; or name a folder below it (created if needed).")
+    exchange_keep_customers_subscribed = fields.Boolean(
+        "Keep my customers subscribed",
+        help="Partners who get you as their salesperson are put in your Outlook contacts.")
+    exchange_unsubscribe_reassigned_customers = fields.Boolean(
+        "Unsubscribe customers reassigned to someone else",
+        help="A partner whose salesperson changes from you to someone else leaves your Outlook contacts.")
+    exchange_contact_count = fields.Integer("My Outlook contacts", compute="_compute_exchange_contact_count")
+
+    def _compute_exchange_contact_count(self):
+        counts = dict(self.env["exchange.contact.subscription"].sudo()._read_group(
+            [("user_id", "in", self.ids)], ["user_id"], ["__count"]))
+        for user in self:
+            user.exchange_contact_count = counts.get(user, 0)
+
+    def action_exchange_my_outlook_contacts(self):
+        """The partners in my Outlook contacts (the list filtered "In my Outlook")."""
+        self.ensure_one()
+        action = self.env["ir.actions.act_window"]._for_xml_id("contacts.action_contacts")
+        action["context"] = {"search_default_exchange_in_my_outlook": 1}
+        return action
+
+    def action_exchange_subscribe_my_customers(self):
+        """Subscribe me to every partner whose salesperson I am (and that I may read)."""
+        self.ensure_one()
+        partners = self.env["res.partner"].sudo().search([("user_id", "=", self.id)])
+        added = self.env["exchange.contact.subscription"]._subscribe_readable(partners, self)
+        return {
+            "type": "ir.actions.client",
+            "tag": "display_notification",
+            "params": {
+                "type": "success",
+                "message": self.env._("%(count)s customers added to your Outlook contacts.", count=added),
+                "next": {"type": "ir.actions.act_window_close"},
+            },
         }
