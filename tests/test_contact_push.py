@@ -1,7 +1,7 @@
 from unittest.mock import patch
 
 from odoo.exceptions import AccessError
-from odoo.tests import TransactionCase, tagged
+from odoo.tests import TransactionCase, new_test_user, tagged
 
 from odoo.addons.exchange_connector.services.backend import ContactResult
 from odoo.addons.exchange_connector.services.contact_mapping import MARKER_GRAPH_ID, partner_marker
@@ -261,3 +261,54 @@ class TestContactPushGraph(ContactPushMixin, TransactionCase):
 class TestContactPushEws(ContactPushMixin, TransactionCase):
     account_type = "ews"
     backend_class = EwsBackend
+
+
+@tagged("post_install", "-at_install")
+class TestContactSubscriptionUi(TransactionCase):
+    """The subscription as users meet it: form, filter, bulk actions, preferences, who sees what."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.user = new_test_user(cls.env, login="outlook.user", name="Outlook User")
+        cls.other = new_test_user(cls.env, login="outlook.other", name="Outlook Other")
+        cls.partners = cls.env["res.partner"].create([{"name": "First"}, {"name": "Second"}])
+
+    def run_action(self, xmlid, partners, user):
+        action = self.env.ref(xmlid).with_user(user).with_context(
+            active_model="res.partner", active_ids=partners.ids, active_id=partners[:1].id)
+        action.run()
+
+    def test_bulk_actions_filter_and_preferences(self):
+        self.run_action("exchange_connector.action_partner_exchange_subscribe", self.partners, self.user)
+        self.partners[:1].with_user(self.other).action_exchange_subscribe()
+        Partner = self.env["res.partner"].with_user(self.user)
+        self.assertEqual(Partner.search([("exchange_in_my_outlook", "=", True)]), self.partners)
+        unsubscribed = [("exchange_in_my_outlook", "=", False), ("id", "in", self.partners.ids)]
+        self.assertFalse(Partner.search(unsubscribed))
+        self.assertEqual(self.partners[0].exchange_subscriber_ids, self.user | self.other)
+        self.assertEqual(self.user.with_user(self.user).read(["exchange_contact_count"])[0]
+                         ["exchange_contact_count"], 2)
+        action = self.user.with_user(self.user).action_exchange_my_outlook_contacts()
+        self.assertEqual(action["context"], {"search_default_exchange_in_my_outlook": 1})
+        self.assertEqual(self.env["exchange.contact.subscription"].with_user(self.user).search([]).user_id,
+                         self.user, "each user sees only their own subscriptions")
+        self.run_action("exchange_connector.action_partner_exchange_unsubscribe", self.partners, self.user)
+        self.assertFalse(Partner.search([("exchange_in_my_outlook", "=", True)]))
+        self.assertTrue(self.partners[0].with_user(self.other).exchange_in_my_outlook)
+
+    def test_views(self):
+        views = self.env["res.partner"].with_user(self.user).get_views(
+            [(False, "form"), (False, "search")])["views"]
+        self.assertIn('name="action_exchange_subscribe"', views["form"]["arch"])
+        self.assertIn('name="exchange_subscriber_ids"', views["form"]["arch"])
+        self.assertNotIn("exchange_contact_binding_ids", views["form"]["arch"], "remote ids: admins only")
+        self.assertIn('name="exchange_in_my_outlook"', views["search"]["arch"])
+        admin_form = self.env["res.partner"].get_views([(False, "form")])["views"]["form"]["arch"]
+        self.assertIn("exchange_contact_binding_ids", admin_form)
+        preferences = self.env.ref("base.view_users_form_simple_modif")
+        views = self.env["res.users"].with_user(self.user).get_views([(preferences.id, "form")])["views"]
+        arch = views["form"]["arch"]
+        for name in ("exchange_contact_folder", "exchange_keep_customers_subscribed",
+                     "action_exchange_subscribe_my_customers", "action_exchange_my_outlook_contacts"):
+            self.assertIn(name, arch)
