@@ -25,6 +25,7 @@
     "assets": {
         "web.assets_backend": [
             "exchange_connector/static/src/discuss/*",
+            "exchange_connector/static/src/contacts/*",
         ],
         "web.assets_tests": [
             "exchange_connector/static/tests/tours/*.js",

@@ -1,7 +1,7 @@
 from unittest.mock import patch
 
 from odoo.exceptions import AccessError
-from odoo.tests import TransactionCase, new_test_user, tagged
+from odoo.tests import HttpCase, TransactionCase, new_test_user, tagged
 
 from odoo.addons.exchange_connector.services.backend import ContactResult
 from odoo.addons.exchange_connector.services.contact_mapping import MARKER_GRAPH_ID, partner_marker
@@ -300,7 +300,6 @@ class TestContactSubscriptionUi(TransactionCase):
     def test_views(self):
         views = self.env["res.partner"].with_user(self.user).get_views(
             [(False, "form"), (False, "search")])["views"]
-        self.assertIn('name="action_exchange_subscribe"', views["form"]["arch"])
         self.assertIn('name="exchange_subscriber_ids"', views["form"]["arch"])
         self.assertNotIn("exchange_contact_binding_ids", views["form"]["arch"], "remote ids: admins only")
         self.assertIn('name="exchange_in_my_outlook"', views["search"]["arch"])
@@ -312,3 +311,14 @@ class TestContactSubscriptionUi(TransactionCase):
         for name in ("exchange_contact_folder", "exchange_keep_customers_subscribed",
                      "action_exchange_subscribe_my_customers", "action_exchange_my_outlook_contacts"):
             self.assertIn(name, arch)
+
+
+@tagged("post_install", "-at_install")
+class TestOutlookToggleTour(HttpCase):
+    def test_toggle_in_the_chatter(self):
+        user = new_test_user(self.env, login="outlook.toggle", name="Outlook Toggle")
+        partner = self.env["res.partner"].create({"name": "Toggled Partner"})
+        url = f"/odoo/res.partner/{partner.id}"
+        self.start_tour(url, "exchange_connector_outlook_toggle", login=user.login)
+        self.assertFalse(partner.with_user(user).exchange_in_my_outlook)
+        self.assertFalse(self.env["exchange.contact.subscription"].search([("partner_id", "=", partner.id)]))
