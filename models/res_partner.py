@@ -153,7 +153,7 @@ class ResPartner(models.Model):
 
     def write(self, vals):
         previous = {}
-        if vals.get("user_id") is not None and "user_id" in vals:
+        if "user_id" in vals:
             previous = {partner.id: partner.user_id for partner in self}
         result = super().write(vals)
         if previous:
