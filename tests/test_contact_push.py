@@ -5,19 +5,16 @@ from odoo.tests import HttpCase, TransactionCase, new_test_user, tagged
 
 from odoo.addons.exchange_connector.services.backend import ContactResult
 from odoo.addons.exchange_connector.services.contact_mapping import MARKER_GRAPH_ID, partner_marker
-from odoo.addons.exchange_connector.services.errors import ExchangeError
+from odoo.addons.exchange_connector.services.errors import ExchangeError, TimeBudgetExceeded
 from odoo.addons.exchange_connector.services.ews import EwsBackend
 from odoo.addons.exchange_connector.services.graph import GraphBackend
 from odoo.addons.exchange_connector.simulator.store import parse_extended_property_id
 
 from .common import ExchangeTenantMixin
+from .test_scheduler import _no_commit_progress
 
 MARKER_KEY = parse_extended_property_id(MARKER_GRAPH_ID)
 WRITE_OPERATIONS = {"CreateItem", "UpdateItem", "DeleteItem"}
-
-
-def _no_commit_progress(self, processed=0, *, remaining=None, deactivate=False):
-    return float("inf")
 
 
 class ContactPushMixin(ExchangeTenantMixin):
@@ -202,6 +199,27 @@ class ContactPushMixin(ExchangeTenantMixin):
         self.assertEqual((run.count_created, run.count_failed), (0, 0))
         self.assertEqual(set(self.contacts()), {self.anna.id, self.bo.id})
         self.assertEqual(len(self.anna.sudo().exchange_contact_binding_ids), 1)
+
+    def test_budget_spent_mid_push_keeps_what_was_done(self):
+        partners = self.anna | self.bo | self.company
+        self.subscribe(partners)
+        real_push = self.backend_class.push_contacts
+
+        def budget_ends_after_one(backend, folder, changes):
+            done = real_push(backend, folder, changes[:1])
+            stop = TimeBudgetExceeded("the run's time budget is spent")
+            return done + [ContactResult.not_applied(change, stop) for change in changes[1:]]
+
+        run = self.env["exchange.sync.run"]._start(self.user, "contacts", "manual")
+        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress), \
+                patch.object(self.backend_class, "push_contacts", budget_ends_after_one), \
+                self.user._exchange_backend() as backend:
+            error = self.user._exchange_mailbox()._exchange_sync_kind("contacts", backend, run)
+        self.assertIsInstance(error, TimeBudgetExceeded, "the run is partial: the mailbox resumes soon")
+        self.assertEqual((run.count_created, run.count_skipped), (1, 2))
+        self.assertEqual(len(self.contacts()), 1)
+        self.assertEqual(self.counts(self.push()), (2, 0, 0, 0), "the next run does the rest, once")
+        self.assertEqual(set(self.contacts()), set(partners.ids))
 
     def test_access_rules(self):
         other_company = self.env["res.company"].create({"name": "Other Co"})
