@@ -93,8 +93,10 @@ class RemoteEvent:
     """One calendar entry as seen in a window: a single event, an occurrence or exception of a series.
 
     ``type`` is "single", "occurrence", "exception" or "series_master".
-    Occurrences of one series share ``ical_uid``; ``series_master_id`` is
-    set by Graph only (an EWS CalendarView does not name the master).
+    ``ical_uid`` of an occurrence is the series' (EWS, some Graph mailboxes)
+    or its own (Graph as documented): never group occurrences by it.
+    ``series_master_id`` is set by Graph only (an EWS CalendarView does not
+    name the master).
     ``start``/``end`` are aware UTC datetimes.  ``recurrence`` is None or a
     plain dict ``{"type": "daily"|"weekly"|"absoluteMonthly"|..., "interval": int,
     "days_of_week": [...], "range_type": "endDate"|"noEnd"|"numbered",
