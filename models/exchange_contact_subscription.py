@@ -8,7 +8,9 @@ class ExchangeContactSubscription(models.Model):
     The contact push (``exchange.mailbox._push_contacts``) keeps exactly these partners current in
     the user's mailbox. ``fingerprint`` is the digest of the values last written to Outlook: a run
     writes only when it differs. Only partners the user may read can be subscribed; a subscription
-    whose partner the user can no longer read ends at the next push.
+    whose partner the user can no longer read ends at the next push. Users only read their own
+    rows: subscribing and unsubscribing go through :meth:`_subscribe` / :meth:`_unsubscribe`, which
+    check the access to the partner first.
     """
 
     _name = "exchange.contact.subscription"

@@ -309,8 +309,12 @@ class TestContactSubscriptionUi(TransactionCase):
                          ["exchange_contact_count"], 2)
         action = self.user.with_user(self.user).action_exchange_my_outlook_contacts()
         self.assertEqual(action["context"], {"search_default_exchange_in_my_outlook": 1})
-        self.assertEqual(self.env["exchange.contact.subscription"].with_user(self.user).search([]).user_id,
-                         self.user, "each user sees only their own subscriptions")
+        Subscription = self.env["exchange.contact.subscription"].with_user(self.user)
+        self.assertEqual(Subscription.search([]).user_id, self.user, "each user sees only their own")
+        hidden = self.env["res.partner"].create({
+            "name": "Hidden", "company_id": self.env["res.company"].create({"name": "Other Co"}).id})
+        with self.assertRaises(AccessError):  # not around the check of _subscribe
+            Subscription.create({"user_id": self.user.id, "partner_id": hidden.id})
         self.run_action("exchange_connector.action_partner_exchange_unsubscribe", self.partners, self.user)
         self.assertFalse(Partner.search([("exchange_in_my_outlook", "=", True)]))
         self.assertTrue(self.partners[0].with_user(self.other).exchange_in_my_outlook)
