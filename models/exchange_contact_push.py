@@ -45,11 +45,23 @@ class ExchangeMailbox(models.Model):
 
     def _push_contacts(self, backend, folder, run):
         self.ensure_one()
-        user = self.user_id
         database_uuid = self.env["ir.config_parameter"].sudo().get_param("database.uuid")
-        Partner = self.env["res.partner"].sudo().with_context(active_test=False)
+        wanted, lost_partner_ids = self._exchange_contact_subscriptions()
+        marked = self._exchange_marked_contacts(backend, folder, database_uuid)
+        present = {found.id for founds in marked.values() for found in founds}
+        bindings = {binding.res_id: binding for binding in self._exchange_contact_bindings()}
+        changes, plans = self._exchange_contact_upserts(wanted, marked, present, bindings, database_uuid)
+        changes += self._exchange_contact_removals(wanted, lost_partner_ids, present, bindings)
+        if not changes:
+            return None
+        results = backend.push_contacts(folder, changes)
+        return self._exchange_apply_contact_results(results, plans, run)
+
+    def _exchange_contact_subscriptions(self):
+        """``({partner id: subscription}, lost partner ids)``: the active partners the user still
+        subscribes to and may read; the subscriptions to partners they can no longer read end."""
+        user = self.user_id
         subscriptions = self.env["exchange.contact.subscription"].sudo().search([("user_id", "=", user.id)])
-        # Losing read access ends the subscription (its contact is then removed like an archived one's).
         partners = subscriptions.partner_id.with_user(user).with_context(active_test=False)
         readable_ids = set(partners._filtered_access("read").ids)
         lost = subscriptions.filtered(lambda s: s.partner_id.id not in readable_ids)
@@ -58,19 +70,24 @@ class ExchangeMailbox(models.Model):
             _logger.info("User %s lost read access to %d subscribed partners", user.login, len(lost))
             lost.unlink()
             subscriptions -= lost
-        wanted = {s.partner_id.id: s for s in subscriptions if s.partner_id.active}
+        return {s.partner_id.id: s for s in subscriptions if s.partner_id.active}, lost_partner_ids
 
-        # What is really in the folder: this database's marked contacts, by partner.
+    @staticmethod
+    def _exchange_marked_contacts(backend, folder, database_uuid):
+        """What is really in the folder: ``{partner id: [MarkedContact]}`` of this database's marker."""
         marked = {}
         for found in backend.list_marked_contacts(folder):
             owner = parse_marker(found.marker)
             if owner and owner[0] == database_uuid:
                 marked.setdefault(owner[1], []).append(found)
-        present = {found.id for founds in marked.values() for found in founds}
-        bindings = {binding.res_id: binding for binding in self._exchange_contact_bindings()}
+        return marked
 
-        changes, plans = [], {}
+    def _exchange_contact_upserts(self, wanted, marked, present, bindings, database_uuid):
+        """Creates and updates for the wanted partners: ``(changes, {partner id: (subscription,
+        fingerprint)})``. A marked contact of a partner is adopted rather than created again."""
+        Partner = self.env["res.partner"].sudo().with_context(active_test=False)
         values = Partner.browse(list(wanted))._exchange_contact_values(database_uuid)
+        changes, plans = [], {}
         for partner_id, subscription in wanted.items():
             contact = contact_from_partner(values[partner_id])
             fingerprint = contact_fingerprint(contact)
@@ -82,8 +99,8 @@ class ExchangeMailbox(models.Model):
                 # Unbound (a create whose answer was lost) or bound to a contact that is gone:
                 # the marked one is ours, adopt it rather than create a second one.
                 remote_id = candidates[0].id
-                binding = self.env["exchange.binding"]._bind(
-                    user, Partner.browse(partner_id), "contact", remote_id, candidates[0].change_key)
+                self.env["exchange.binding"]._bind(
+                    self.user_id, Partner.browse(partner_id), "contact", remote_id, candidates[0].change_key)
                 subscription.fingerprint = False
             else:
                 remote_id = None
@@ -97,26 +114,26 @@ class ExchangeMailbox(models.Model):
             else:
                 continue
             plans[partner_id] = (subscription, fingerprint)
+        return changes, plans
 
-        # Bound partners no longer wanted: archived, deleted, unreadable or unsubscribed.
-        existing = Partner.browse([pid for pid in bindings if pid not in wanted]).exists()
-        for partner_id, binding in bindings.items():
-            if partner_id in wanted:
-                continue
-            unsubscribed = partner_id in existing.ids and existing.browse(partner_id).active and (
-                partner_id not in lost_partner_ids)
-            if binding.remote_id in present and not (
-                    unsubscribed and not user.exchange_delete_contact_on_unsubscribe):
+    def _exchange_contact_removals(self, wanted, lost_partner_ids, present, bindings):
+        """Deletes for bound partners no longer wanted: archived, deleted, no longer readable, or
+        unsubscribed when the user chose so. The other bindings end: their contacts stay as they are."""
+        user = self.user_id
+        gone = [partner_id for partner_id in bindings if partner_id not in wanted]
+        remaining = self.env["res.partner"].sudo().with_context(active_test=False).browse(gone).exists()
+        unsubscribed = set(remaining.filtered("active").ids) - lost_partner_ids
+        changes = []
+        for partner_id in gone:
+            binding = bindings[partner_id]
+            keep = partner_id in unsubscribed and not user.exchange_delete_contact_on_unsubscribe
+            if binding.remote_id in present and not keep:
                 changes.append(ContactChange("delete", ("binding", binding.id), remote_id=binding.remote_id))
             else:
                 binding.unlink()  # gone in Outlook already, or left there on purpose: stop updating it
+        return changes
 
-        if not changes:
-            return None
-        results = backend.push_contacts(folder, changes)
-        return self._exchange_apply_contact_results(results, plans, bindings, run)
-
-    def _exchange_apply_contact_results(self, results, plans, bindings, run):
+    def _exchange_apply_contact_results(self, results, plans, run):
         """Store what Microsoft did; return the error that stopped the push early (None if none).
 
         Changes left undone (time budget spent, throttling) keep their old fingerprint: the next
