@@ -65,9 +65,15 @@ class WriteCounter:
         return counting
 
 
-def tenant_requests(tenant, email):
+def is_batch(entry):
+    return "$batch" in (entry.get("endpoint") or entry["path"])
+
+
+def tenant_operations(tenant, email):
+    """The mailbox's answered operations: $batch items one by one, no NTLM 401 legs, no $batch itself."""
     email = email.lower()
-    return [e for e in tenant.request_log.entries if (e.get("mailbox") or "").lower() == email]
+    return [e for e in tenant.request_log.entries
+            if (e.get("mailbox") or "").lower() == email and e["status"] != 401 and not is_batch(e)]
 
 
 def measure(env, tenant, user, label):
@@ -85,11 +91,10 @@ def measure(env, tenant, user, label):
     elapsed = time.perf_counter() - started
     if error is not None:
         raise error
-    entries = tenant_requests(tenant, user.exchange_email)
+    entries = tenant_operations(tenant, user.exchange_email)
     writes = [e for e in entries if (e["method"] in GRAPH_WRITES if e["protocol"] == "graph"
                                      else e.get("operation") in EWS_WRITES)]
-    # $batch calls are logged without a mailbox (their items carry it): this user is the only one pushing.
-    batches = sum(1 for e in tenant.request_log.entries if "$batch" in (e.get("endpoint") or e["path"]))
+    batches = sum(1 for e in tenant.request_log.entries if is_batch(e))
     db_writes = sum(n for table, n in counter.tables.items() if table != "exchange_sync_run")
     print(f"  {label:<22} {len(entries):>6} operations {len(writes):>6} writes {batches:>5} $batch "
           f"{db_writes:>6} db writes  {elapsed:7.2f} s   created {run.count_created} "
