@@ -20,6 +20,7 @@
         "views/res_users_views.xml",
         "views/res_config_settings_views.xml",
         "views/exchange_menus.xml",
+        "views/calendar_event_views.xml",
         "views/exchange_contact_views.xml",
     ],
     "assets": {

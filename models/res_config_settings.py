@@ -43,6 +43,8 @@ class ResConfigSettings(models.TransientModel):
         default=DEFAULT_MIN_SYNC_INTERVAL,
         help="Users cannot sync more often than this: it protects the Odoo server and the mailboxes' "
              "Microsoft request budget.")
+    exchange_event_create_partners = fields.Boolean(
+        related="company_id.exchange_event_create_partners", readonly=False)
 
     @api.constrains("exchange_default_sync_interval", "exchange_min_sync_interval")
     def _check_exchange_sync_intervals(self):

@@ -121,6 +121,15 @@ class RemoteEvent:
     categories: List[str] = field(default_factory=list)
     change_key: Optional[str] = None
     recurrence: Optional[dict] = None
+    #: The start the occurrence or exception has in its series' pattern (aware UTC), whatever it
+    #: was moved to: with ``ical_uid`` it names the same occurrence in every mailbox (Graph
+    #: ``originalStart``, EWS ``OriginalStart``/``RecurrenceId``). None for single events.
+    original_start: Optional[object] = None
+    online_meeting_url: str = ""
+    #: Minutes before the start at which the mailbox's owner is reminded; None: no reminder.
+    reminder_minutes: Optional[int] = None
+    #: The mailbox owner's own response, in the vocabulary of :class:`RemoteAttendee`.
+    my_response: str = "none"
 
 
 @dataclass

@@ -8,3 +8,4 @@ from . import test_scheduler
 from . import test_discuss_sync
 from . import test_address_matching
 from . import test_contact_push
+from . import test_event_import

@@ -534,3 +534,29 @@ def test_graph_never_follows_a_link_to_another_host(make_graph_backend, mailbox)
     pages, messages, _removed = drain(backend, folder, stolen)
     assert pages[0].reset
     assert sorted(messages) == sorted(seeded)
+
+
+def test_occurrences_name_their_original_start(backend, mailbox):
+    """The key that matches an occurrence across mailboxes: iCalUId plus the start in its pattern."""
+    seed_calendar(mailbox)
+    mailbox.add_event(
+        subject="Call", start=datetime(2024, 6, 6, 8, tzinfo=UTC), end=datetime(2024, 6, 6, 9, tzinfo=UTC),
+        online_meeting_url="https://meet.example.com/call", is_reminder_on=True, reminder_minutes=30,
+    )
+    events = [event for page in backend.sync_events(WINDOW_START, WINDOW_END, None) for event in page.items]
+    by_subject = {}
+    for event in events:
+        by_subject.setdefault(event.subject, []).append(event)
+    assert sorted(e.original_start for e in by_subject["Weekly sync"]) == [
+        datetime(2024, 6, 3, 9, tzinfo=UTC),
+        datetime(2024, 6, 24, 9, tzinfo=UTC),
+    ]
+    moved = by_subject["Weekly sync (moved)"][0]
+    assert moved.original_start == datetime(2024, 6, 10, 9, tzinfo=UTC)
+    assert by_subject["Lunch"][0].original_start is None
+    assert by_subject["Lunch"][0].my_response == "organizer"
+    call = by_subject["Call"][0]
+    if isinstance(backend, GraphBackend):
+        # The simulated EWS has no online meeting URL and reports every reminder as off.
+        assert call.online_meeting_url == "https://meet.example.com/call"
+        assert call.reminder_minutes == 30
