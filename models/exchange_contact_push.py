@@ -47,9 +47,11 @@ class ExchangeMailbox(models.Model):
         self.ensure_one()
         database_uuid = self.env["ir.config_parameter"].sudo().get_param("database.uuid")
         wanted, lost_partner_ids = self._exchange_contact_subscriptions()
+        bindings = {binding.res_id: binding for binding in self._exchange_contact_bindings()}
+        if not wanted and not bindings:
+            return None  # nothing to push nor to remove: not even a listing
         marked = self._exchange_marked_contacts(backend, folder, database_uuid)
         present = {found.id for founds in marked.values() for found in founds}
-        bindings = {binding.res_id: binding for binding in self._exchange_contact_bindings()}
         changes, plans = self._exchange_contact_upserts(wanted, marked, present, bindings, database_uuid)
         changes += self._exchange_contact_removals(wanted, lost_partner_ids, present, bindings)
         if not changes:

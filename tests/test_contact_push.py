@@ -133,6 +133,14 @@ class ContactPushMixin(ExchangeTenantMixin):
         self.assertEqual(self.contacts()[self.anna.id].business_address.city, "Augsburg")
         self.assertEqual(self.remote.item(own.id).change_key, own.change_key, "the user's own is untouched")
 
+    def test_nothing_subscribed_lists_nothing(self):
+        self.push()
+        self.tenant.request_log.clear()
+        self.assertEqual(self.counts(self.push()), (0, 0, 0, 0))
+        listings = [e for e in self.tenant.request_log.entries if e.get("operation") == "FindItem"
+                    or "/contacts" in e["endpoint"]]
+        self.assertEqual(listings, [])
+
     def test_unsubscribe_leaves_or_deletes_as_the_user_chose(self):
         self.subscribe(self.anna | self.bo)
         self.push()
