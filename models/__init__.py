@@ -10,3 +10,4 @@ from . import exchange_contact_push
 from . import calendar_event
 from . import res_company
 from . import exchange_event_import
+from . import exchange_sign_in_failure

@@ -9,3 +9,8 @@ from . import test_discuss_sync
 from . import test_address_matching
 from . import test_contact_push
 from . import test_event_import
+from . import test_user_input
+from . import test_mailbox_access
+from . import test_oauth_logs
+from . import test_token_rotation
+from . import test_password_guessing
