@@ -379,8 +379,11 @@ class ResUsers(models.Model):
             self._exchange_check_may_use_mailboxes()
             vals = self._exchange_clean_values(vals)
         switched = self._exchange_switches_mailbox(vals)
-        private_changed = self.filtered(lambda user: user.exchange_account_type and vals.get(
-            "exchange_event_private", user.exchange_event_private) != user.exchange_event_private)
+        private_changed = self.browse()
+        if "exchange_event_private" in vals:
+            # Only then: users without a mailbox (portal) may not read the mailbox fields.
+            private_changed = self.filtered(lambda user: user.exchange_account_type and (
+                user.exchange_event_private != vals["exchange_event_private"]))
         res = super().write(vals)
         for user in private_changed - switched:
             user._exchange_mailbox()._exchange_restart_events()
