@@ -6,7 +6,8 @@ is left as it was). For each protocol it prints the requests the tenant answered
 requests among them, Graph ``$batch`` calls, database writes and wall time for:
 
 - the first push (every partner created),
-- a run with no change (target: 0 write requests, no database write besides the sync log),
+- a run with no change (target: 0 write requests, no database write besides the sync log): a
+  scheduled run finds nothing pending and asks nothing; "Sync now" compares the folder anyway,
 - a run after 50 partner edits (target: at most 3 ``$batch`` calls on Graph).
 
 "operations" are the mailbox requests the tenant answered (a ``$batch`` item counts as one, EWS's
@@ -76,29 +77,33 @@ def tenant_operations(tenant, email):
             if (e.get("mailbox") or "").lower() == email and e["status"] != 401 and not is_batch(e)]
 
 
-def measure(env, tenant, user, label):
-    """One contact sync of ``user``: requests, writes and wall time."""
+def measure(env, tenant, user, label, trigger="cron"):
+    """One contact sync of ``user`` (scheduled, or "Sync now" when ``trigger`` is "manual")."""
+    from odoo.addons.exchange_connector.models.exchange_mailbox import PendingRun  # noqa: PLC0415
+
     tenant.request_log.clear()
     counter = WriteCounter()
     cursor_class = type(env.cr)
-    run = env["exchange.sync.run"]._start(user, "contacts", "manual")
+    pending = PendingRun(env["exchange.sync.run"], user, "contacts", trigger)
     env.flush_all()
     started = time.perf_counter()
     with patch.object(cursor_class, "execute", counter.wrap(cursor_class.execute)), \
             user._exchange_backend() as backend:
-        error = user._exchange_mailbox()._exchange_sync_kind("contacts", backend, run)
+        error = user._exchange_mailbox()._exchange_sync_kind("contacts", backend, pending)
         env.flush_all()
     elapsed = time.perf_counter() - started
     if error is not None:
         raise error
+    run = pending.record
     entries = tenant_operations(tenant, user.exchange_email)
     writes = [e for e in entries if (e["method"] in GRAPH_WRITES if e["protocol"] == "graph"
                                      else e.get("operation") in EWS_WRITES)]
     batches = sum(1 for e in tenant.request_log.entries if is_batch(e))
-    db_writes = sum(n for table, n in counter.tables.items() if table != "exchange_sync_run")
+    db_writes = sum(n for table, n in counter.tables.items()
+                    if table not in ("exchange_sync_run", "exchange_mailbox"))
     print(f"  {label:<22} {len(entries):>6} operations {len(writes):>6} writes {batches:>5} $batch "
-          f"{db_writes:>6} db writes  {elapsed:7.2f} s   created {run.count_created} "
-          f"updated {run.count_updated} failed {run.count_failed}")
+          f"{db_writes:>6} db writes  {elapsed:7.2f} s   created {run.count_created or 0} "
+          f"updated {run.count_updated or 0} failed {run.count_failed or 0}")
     return {"requests": len(entries), "writes": len(writes), "batches": batches, "db_writes": db_writes}
 
 
@@ -181,6 +186,7 @@ def main():
                     print(f"{kind}:")
                     measure(env, tenant, user, "first push")
                     measure(env, tenant, user, "no-change re-run")
+                    measure(env, tenant, user, "no-change Sync now", trigger="manual")
                     # Not an address field: Odoo copies a contact's address to its company and siblings.
                     for number, partner in enumerate(partners[: args.edits]):
                         partner.phone = f"+49 30 {kind} {number:06d}"

@@ -11,3 +11,4 @@ from . import calendar_event
 from . import res_company
 from . import exchange_event_import
 from . import exchange_sign_in_failure
+from . import exchange_queue_job

@@ -1,6 +1,7 @@
 import logging
+from datetime import timedelta
 
-from odoo import models
+from odoo import fields, models
 
 from ..services import ContactChange, ThrottledError, TimeBudgetExceeded
 from ..services.contact_mapping import contact_fingerprint, contact_from_partner, parse_marker
@@ -9,6 +10,9 @@ _logger = logging.getLogger(__name__)
 
 #: Microsoft's answers to an update of a contact that is no longer there (deleted in Outlook).
 GONE_CODES = {"ErrorItemNotFound", "HTTP404", "ItemNotFound"}
+#: Without a change in Odoo, the folder is compared with the bindings this often (contacts deleted
+#: in Outlook come back then, or at once with "Sync now").
+CONTACT_RECHECK = timedelta(hours=6)
 
 
 class ExchangeMailbox(models.Model):
@@ -24,6 +28,43 @@ class ExchangeMailbox(models.Model):
     """
 
     _inherit = "exchange.mailbox"
+
+    contacts_checked_at = fields.Datetime(
+        "Contacts last compared", copy=False, groups="base.group_system",
+        help="Start of the last complete contact push; without a change in Odoo the folder is compared "
+             "with what was pushed again some hours later.")
+    contacts_folder_setting = fields.Char(copy=False, groups="base.group_system")
+
+    def _sync_contacts(self, backend, run):
+        """A push only when :meth:`_contacts_pending` finds work; "Sync now" always compares the folder."""
+        started = fields.Datetime.now()
+        mailbox = self.with_context(exchange_contacts_full_check=getattr(run, "trigger", None) == "manual")
+        pending = not self.contact_folder_id or mailbox._contacts_pending()
+        result = super(ExchangeMailbox, mailbox)._sync_contacts(backend, run)
+        if pending:
+            with self._exchange_page():
+                self.write({"contacts_checked_at": started,
+                            "contacts_folder_setting": self.user_id.exchange_contact_folder or False})
+        return result
+
+    def _contacts_pending(self):
+        """Whether the push has work, from the database alone: a partner whose mapped values
+        changed (fingerprint) or newly subscribed, a pushed partner no longer wanted or readable,
+        another folder; and, for contacts deleted in Outlook, a comparison every
+        ``CONTACT_RECHECK`` or on "Sync now"."""
+        self.ensure_one()
+        checked = self.contacts_checked_at
+        if (self.env.context.get("exchange_contacts_full_check") or not checked
+                or checked < fields.Datetime.now() - CONTACT_RECHECK
+                or (self.contacts_folder_setting or "") != (self.user_id.exchange_contact_folder or "")):
+            return True
+        wanted, lost_partner_ids = self._exchange_contact_subscriptions(end_lost=False)
+        if lost_partner_ids or set(self._exchange_contact_bindings().mapped("res_id")) - set(wanted):
+            return True
+        database_uuid = self.env["ir.config_parameter"].sudo().get_param("database.uuid")
+        mapped = self._exchange_contact_mapped(wanted, database_uuid)
+        return any(wanted[partner_id].fingerprint != fingerprint
+                   for partner_id, (_contact, fingerprint) in mapped.items())
 
     def _sync_contacts_folder_changed(self, backend, old_folder, run):
         """The user chose another contact folder: the contacts created in the old one are deleted."""
@@ -59,16 +100,17 @@ class ExchangeMailbox(models.Model):
         results = backend.push_contacts(folder, changes)
         return self._exchange_apply_contact_results(results, plans, run)
 
-    def _exchange_contact_subscriptions(self):
+    def _exchange_contact_subscriptions(self, end_lost=True):
         """``({partner id: subscription}, lost partner ids)``: the active partners the user still
-        subscribes to and may read; the subscriptions to partners they can no longer read end."""
+        subscribes to and may read; the subscriptions to partners they can no longer read end
+        (unless not ``end_lost``)."""
         user = self.user_id
         subscriptions = self.env["exchange.contact.subscription"].sudo().search([("user_id", "=", user.id)])
         partners = subscriptions.partner_id.with_user(user).with_context(active_test=False)
         readable_ids = set(partners._filtered_access("read").ids)
         lost = subscriptions.filtered(lambda s: s.partner_id.id not in readable_ids)
         lost_partner_ids = set(lost.partner_id.ids)
-        if lost:
+        if lost and end_lost:
             _logger.info("User %s lost read access to %d subscribed partners", user.login, len(lost))
             lost.unlink()
             subscriptions -= lost
@@ -84,15 +126,24 @@ class ExchangeMailbox(models.Model):
                 marked.setdefault(owner[1], []).append(found)
         return marked
 
+    def _exchange_contact_mapped(self, wanted, database_uuid):
+        """``{partner id: (RemoteContact, fingerprint)}`` of the wanted partners, read in bulk."""
+        Partner = self.env["res.partner"].sudo().with_context(active_test=False)
+        values = Partner.browse(list(wanted))._exchange_contact_values(database_uuid)
+        mapped = {}
+        for partner_id in wanted:
+            contact = contact_from_partner(values[partner_id])
+            mapped[partner_id] = (contact, contact_fingerprint(contact))
+        return mapped
+
     def _exchange_contact_upserts(self, wanted, marked, present, bindings, database_uuid):
         """Creates and updates for the wanted partners: ``(changes, {partner id: (subscription,
         fingerprint)})``. A marked contact of a partner is adopted rather than created again."""
         Partner = self.env["res.partner"].sudo().with_context(active_test=False)
-        values = Partner.browse(list(wanted))._exchange_contact_values(database_uuid)
+        mapped = self._exchange_contact_mapped(wanted, database_uuid)
         changes, plans = [], {}
         for partner_id, subscription in wanted.items():
-            contact = contact_from_partner(values[partner_id])
-            fingerprint = contact_fingerprint(contact)
+            contact, fingerprint = mapped[partner_id]
             binding = bindings.get(partner_id)
             candidates = marked.get(partner_id, [])
             if binding and binding.remote_id in present:

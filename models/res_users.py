@@ -381,9 +381,9 @@ class ResUsers(models.Model):
         switched = self._exchange_switches_mailbox(vals)
         private_changed = self.browse()
         if "exchange_event_private" in vals:
-            # Only then: users without a mailbox (portal) may not read the mailbox fields.
-            private_changed = self.filtered(lambda user: user.exchange_account_type and (
-                user.exchange_event_private != vals["exchange_event_private"]))
+            # Read as superuser: a user's mailbox fields are closed to portal users and to others.
+            private_changed = self.sudo().filtered(lambda user: user.exchange_account_type and (
+                vals["exchange_event_private"] != user.exchange_event_private)).with_env(self.env)
         res = super().write(vals)
         for user in private_changed - switched:
             user._exchange_mailbox()._exchange_restart_events()

@@ -1,8 +1,11 @@
+from datetime import timedelta
 from unittest.mock import patch
 
+from odoo import fields
 from odoo.exceptions import AccessError
 from odoo.tests import HttpCase, TransactionCase, new_test_user, tagged
 
+from odoo.addons.exchange_connector.models.exchange_mailbox import PendingRun
 from odoo.addons.exchange_connector.services.backend import ContactResult
 from odoo.addons.exchange_connector.services.contact_mapping import MARKER_GRAPH_ID, partner_marker
 from odoo.addons.exchange_connector.services.errors import ExchangeError, TimeBudgetExceeded
@@ -54,17 +57,21 @@ class ContactPushMixin(ExchangeTenantMixin):
         })
         self.bo = self.env["res.partner"].create({"name": "王小明"})  # no e-mail at all
 
-    def push(self, user=None):
-        """One contact sync of ``user`` through the seam; returns the run."""
+    def push(self, user=None, trigger="manual"):
+        """One contact sync of ``user`` through the seam ("Sync now" by default); returns the run."""
         user = user or self.user
-        run = self.env["exchange.sync.run"]._start(user, "contacts", "manual")
+        run = PendingRun(self.env["exchange.sync.run"], user, "contacts", trigger)
         with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress), \
                 user._exchange_backend() as backend:
             error = user._exchange_mailbox()._exchange_sync_kind("contacts", backend, run)
         self.assertIsNone(error)
-        return run
+        return run.record
 
-    def counts(self, run):
+    @staticmethod
+    def counts(run):
+        """(created, updated, deleted, failed) of a run record (a run that found nothing has none)."""
+        if not run:
+            return (0, 0, 0, 0)
         return (run.count_created, run.count_updated, run.count_deleted, run.count_failed)
 
     def contacts(self, remote=None):
@@ -132,6 +139,27 @@ class ContactPushMixin(ExchangeTenantMixin):
         self.assertEqual(self.counts(self.push()), (0, 1, 0, 0))
         self.assertEqual(self.contacts()[self.anna.id].business_address.city, "Augsburg")
         self.assertEqual(self.remote.item(own.id).change_key, own.change_key, "the user's own is untouched")
+
+    def test_scheduled_runs_ask_nothing_until_something_changed(self):
+        self.subscribe(self.anna | self.bo)
+        self.push(trigger="cron")
+        self.assertEqual(len(self.contacts()), 2)
+        self.tenant.request_log.clear()
+        self.assertFalse(self.push(trigger="cron"), "no run record: nothing to tell")
+        self.assertEqual(self.tenant.request_log.entries, [], "not a single request")
+        self.remote.delete_item(self.contacts()[self.anna.id].id, soft=False)
+        self.push(trigger="cron")
+        self.assertEqual(set(self.contacts()), {self.bo.id}, "noticed at the next comparison")
+        self.bo.phone = "+86 10 1234 5678"
+        self.assertEqual(self.counts(self.push(trigger="cron")), (1, 1, 0, 0), "a change compares as well")
+        self.assertEqual(self.contacts()[self.bo.id].business_phones, ["+86 10 1234 5678"])
+        self.unsubscribe(self.bo)
+        self.user.exchange_delete_contact_on_unsubscribe = True
+        self.assertEqual(self.counts(self.push(trigger="cron")), (0, 0, 1, 0))
+        self.env["exchange.mailbox"].sudo().search([("user_id", "=", self.user.id)]).contacts_checked_at = \
+            fields.Datetime.now() - timedelta(hours=7)
+        self.remote.delete_item(self.contacts()[self.anna.id].id, soft=False)
+        self.assertEqual(self.counts(self.push(trigger="cron")), (1, 0, 0, 0), "compared again after hours")
 
     def test_nothing_subscribed_lists_nothing(self):
         self.push()
@@ -218,13 +246,13 @@ class ContactPushMixin(ExchangeTenantMixin):
             stop = TimeBudgetExceeded("the run's time budget is spent")
             return done + [ContactResult.not_applied(change, stop) for change in changes[1:]]
 
-        run = self.env["exchange.sync.run"]._start(self.user, "contacts", "manual")
+        run = PendingRun(self.env["exchange.sync.run"], self.user, "contacts", "manual")
         with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress), \
                 patch.object(self.backend_class, "push_contacts", budget_ends_after_one), \
                 self.user._exchange_backend() as backend:
             error = self.user._exchange_mailbox()._exchange_sync_kind("contacts", backend, run)
         self.assertIsInstance(error, TimeBudgetExceeded, "the run is partial: the mailbox resumes soon")
-        self.assertEqual((run.count_created, run.count_skipped), (1, 2))
+        self.assertEqual((run.record.count_created, run.record.count_skipped), (1, 2))
         self.assertEqual(len(self.contacts()), 1)
         self.assertEqual(self.counts(self.push()), (2, 0, 0, 0), "the next run does the rest, once")
         self.assertEqual(set(self.contacts()), set(partners.ids))
