@@ -175,6 +175,7 @@ class TestNoChangeSync(SchedulerMixin, TransactionCase):
     def test_contacts_ask_nothing_until_something_is_pending(self):
         user, remote, _mailbox = self.connected_ews_user(self.env, "carla")
         mailbox = self.synced_once_then_due(user)
+        user.exchange_contact_folder = "Odoo"  # a subfolder, looked up with FindFolder
         pushed = []
 
         def push_contacts(mailbox, backend, folder, run):
