@@ -767,7 +767,6 @@ class ExchangeMailbox(models.Model):
         if self.contact_folder_id and not self._contacts_pending():
             return
         folder = backend.ensure_contact_folder(self.user_id.exchange_contact_folder or "")
-        run = self._exchange_start_run(run)
         if self.contact_folder_id != folder.id:
             if self.contact_folder_id:
                 old = RemoteFolder(id=self.contact_folder_id, display_name="", path="")
@@ -776,6 +775,7 @@ class ExchangeMailbox(models.Model):
             with self._exchange_page():
                 self.contact_folder_id = folder.id
         # Not a page: the push talks to Microsoft, and the mailbox row stays free meanwhile.
+        run = self._exchange_start_run(run)
         with self.env.cr.savepoint():
             stop = self._push_contacts(backend, folder, run)
         self._exchange_commit()

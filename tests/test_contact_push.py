@@ -156,10 +156,15 @@ class ContactPushMixin(ExchangeTenantMixin):
         self.unsubscribe(self.bo)
         self.user.exchange_delete_contact_on_unsubscribe = True
         self.assertEqual(self.counts(self.push(trigger="cron")), (0, 0, 1, 0))
-        self.env["exchange.mailbox"].sudo().search([("user_id", "=", self.user.id)]).contacts_checked_at = \
-            fields.Datetime.now() - timedelta(hours=7)
+        mailbox = self.env["exchange.mailbox"].sudo().search([("user_id", "=", self.user.id)])
+        mailbox.contacts_checked_at = fields.Datetime.now() - timedelta(hours=7)
         self.remote.delete_item(self.contacts()[self.anna.id].id, soft=False)
         self.assertEqual(self.counts(self.push(trigger="cron")), (1, 0, 0, 0), "compared again after hours")
+        mailbox.contacts_checked_at = fields.Datetime.now() - timedelta(hours=7)
+        self.tenant.request_log.clear()
+        self.assertEqual(self.counts(self.push(trigger="cron")), (0, 0, 0, 0))
+        self.assertTrue(self.tenant.request_log.entries, "the folder is compared")
+        self.assertEqual(self.write_requests(), [])
 
     def test_nothing_subscribed_lists_nothing(self):
         self.push()
