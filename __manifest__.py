@@ -13,6 +13,7 @@
     "data": [
         "security/exchange_connector_security.xml",
         "security/ir.model.access.csv",
+        "security/exchange_contact_security.xml",
         "data/ir_cron_data.xml",
         "views/exchange_sync_run_views.xml",
         "views/exchange_mailbox_views.xml",
@@ -20,11 +21,13 @@
         "views/res_config_settings_views.xml",
         "views/exchange_menus.xml",
         "views/calendar_event_views.xml",
+        "views/exchange_contact_views.xml",
     ],
     "assets": {
         "web.assets_backend": [
             "exchange_connector/static/src/discuss/*",
             "exchange_connector/static/src/tab/*",
+            "exchange_connector/static/src/contacts/*",
         ],
         "web.assets_tests": [
             "exchange_connector/static/tests/tours/*.js",

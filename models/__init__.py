@@ -5,6 +5,8 @@ from . import res_config_settings
 from . import res_users
 from . import exchange_address_choice
 from . import res_partner
+from . import exchange_contact_subscription
+from . import exchange_contact_push
 from . import calendar_event
 from . import res_company
 from . import exchange_event_import

@@ -38,8 +38,6 @@ MIN_SECONDS_PER_MAILBOX = 2
 LEASE_MARGIN = 120
 #: First key of the PostgreSQL advisory locks that keep two workers from syncing one mailbox.
 SYNC_LOCK_NAMESPACE = 0x45584348  # "EXCH"
-#: The Outlook contact folder the connector pushes subscribed partners into.
-CONTACT_FOLDER_NAME = "Odoo"
 #: Sync states only make sense for the mailbox they were obtained from.
 SYNC_STATE_FIELDS = (
     "mails_in_folder_id", "mails_in_state", "mails_out_folder_id", "mails_out_state",
@@ -690,9 +688,10 @@ class ExchangeMailbox(models.Model):
     def _exchange_start_run(self, run):
         """The record of ``run`` (a :class:`PendingRun`), created after the lease is written and
         before the page that needs it: a page rolled back keeps its run, and no run is left
-        "started" without a lease that tells whether its worker is alive."""
+        "started" without a lease that tells whether its worker is alive. A run record given
+        directly (a sync called outside the scheduler) is used as it is."""
         self._exchange_check_lease()
-        return run.started()
+        return run.started() if isinstance(run, PendingRun) else run
 
     def _exchange_list_transfer_folder(self, backend, folder_kind, folder, run):
         state_field = f"mails_{folder_kind}_state"
@@ -757,30 +756,43 @@ class ExchangeMailbox(models.Model):
         run._count(skipped=len(page.items))
 
     def _sync_contacts(self, backend, run):
-        """Make sure the connector's Outlook contact folder exists, then push the contact changes.
+        """Make sure the user's Outlook contact folder exists, then push the contact changes.
 
+        The folder is the user's setting: the main Contacts folder (empty) or a named subfolder.
+        When it changed, :meth:`_sync_contacts_folder_changed` first cleans up the old one.
         Nothing is asked of Microsoft when the folder is known and :meth:`_contacts_pending`
         finds nothing to push.
         """
         self.ensure_one()
         if self.contact_folder_id and not self._contacts_pending():
             return
-        folder = backend.ensure_contact_folder(CONTACT_FOLDER_NAME)
+        folder = backend.ensure_contact_folder(self.user_id.exchange_contact_folder or "")
         if self.contact_folder_id != folder.id:
+            if self.contact_folder_id:
+                old = RemoteFolder(id=self.contact_folder_id, display_name="", path="")
+                with self.env.cr.savepoint():
+                    self._sync_contacts_folder_changed(backend, old, run)
             with self._exchange_page():
                 self.contact_folder_id = folder.id
         # Not a page: the push talks to Microsoft, and the mailbox row stays free meanwhile.
         run = self._exchange_start_run(run)
         with self.env.cr.savepoint():
-            self._push_contacts(backend, folder, run)
+            stop = self._push_contacts(backend, folder, run)
         self._exchange_commit()
+        if stop is not None:
+            raise stop
+
+    def _sync_contacts_folder_changed(self, backend, old_folder, run):
+        """The user chose another contact folder; the contact feature cleans up ``old_folder``."""
+        return None
 
     def _push_contacts(self, backend, folder, run):
         """Push the user's subscribed partners to ``folder`` with ``backend.push_contacts``.
 
         The contact feature overrides this hook; the connector itself has no subscriptions
         yet, so there is nothing to push. It runs in one savepoint, committed after it: a crash
-        rolls back the bindings it wrote, and the push is redone next time.
+        rolls back the bindings it wrote, and the push is redone next time. It may return an
+        error (e.g. TimeBudgetExceeded) to raise once what it did is committed.
         """
         return None
 

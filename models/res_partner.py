@@ -1,6 +1,7 @@
-from odoo import api, models
+from odoo import api, fields, models
 
 from ..services.addresses import address_variants, normalize_address
+from ..services.contact_mapping import partner_marker
 
 
 class ResPartner(models.Model):
@@ -53,3 +54,122 @@ class ResPartner(models.Model):
         for domain in self.env["mail.alias.domain"].sudo().search([("name", "!=", False)]):
             raw |= {domain.bounce_email, domain.catchall_email, domain.default_from_email}
         return {normalized for normalized in map(normalize_address, raw) if normalized}
+
+    # -- contact push: "In my Outlook" subscriptions ----------------------------
+
+    exchange_in_my_outlook = fields.Boolean(
+        "In my Outlook", compute="_compute_exchange_in_my_outlook", search="_search_exchange_in_my_outlook",
+        help="The connector keeps this partner current in your Outlook contacts.")
+    exchange_subscriber_ids = fields.Many2many(
+        "res.users", string="In the Outlook of", compute="_compute_exchange_subscribers",
+        help="The users who have this partner in their Outlook contacts.")
+    exchange_subscriber_count = fields.Integer(
+        "Outlook subscribers", compute="_compute_exchange_subscribers")
+    exchange_contact_binding_ids = fields.Many2many(
+        "exchange.binding", string="Outlook contacts", compute="_compute_exchange_contact_bindings",
+        groups="base.group_system", help="The contact pushed for this partner in each user's mailbox.")
+
+    def _exchange_subscriptions(self):
+        return self.env["exchange.contact.subscription"].sudo().search([("partner_id", "in", self.ids)])
+
+    @api.depends_context("uid")
+    def _compute_exchange_in_my_outlook(self):
+        mine = set(self._exchange_subscriptions().filtered(
+            lambda s: s.user_id == self.env.user).partner_id.ids)
+        for partner in self:
+            partner.exchange_in_my_outlook = partner.id in mine
+
+    def _search_exchange_in_my_outlook(self, operator, value):
+        if operator not in ("=", "!=") or not isinstance(value, bool):
+            return NotImplemented
+        subscribed = self.env["exchange.contact.subscription"].sudo()._search(
+            [("user_id", "=", self.env.uid)]).subselect("partner_id")
+        positive = (operator == "=") == value
+        return [("id", "in" if positive else "not in", subscribed)]
+
+    def _compute_exchange_subscribers(self):
+        by_partner = {}
+        for subscription in self._exchange_subscriptions():
+            by_partner.setdefault(subscription.partner_id.id, []).append(subscription.user_id.id)
+        for partner in self:
+            user_ids = by_partner.get(partner.id, [])
+            partner.exchange_subscriber_ids = [fields.Command.set(user_ids)]
+            partner.exchange_subscriber_count = len(user_ids)
+
+    def _compute_exchange_contact_bindings(self):
+        bindings = self.env["exchange.binding"].sudo().search([
+            ("kind", "=", "contact"), ("res_model", "=", "res.partner"), ("res_id", "in", self.ids)])
+        by_partner = {}
+        for binding in bindings:
+            by_partner.setdefault(binding.res_id, []).append(binding.id)
+        for partner in self:
+            partner.exchange_contact_binding_ids = [fields.Command.set(by_partner.get(partner.id, []))]
+
+    def action_exchange_subscribe(self):
+        """Put these partners in my Outlook contacts (pushed at my next sync)."""
+        self.env["exchange.contact.subscription"]._subscribe(self, self.env.user)
+        return True
+
+    def action_exchange_unsubscribe(self):
+        """Take these partners out of my Outlook contacts (removed there if my preferences say so)."""
+        self.env["exchange.contact.subscription"]._unsubscribe(self, self.env.user)
+        return True
+
+    def _exchange_contact_values(self, database_uuid):
+        """``{partner id: values for services.contact_mapping.contact_from_partner}``, read in bulk."""
+        has_mobile = "mobile" in self._fields
+        values = {}
+        for partner in self:
+            values[partner.id] = {
+                "name": partner.name or partner.display_name or "",
+                "is_company": partner.is_company,
+                "function": partner.function,
+                "parent_name": partner.parent_id.name or partner.company_name or "",
+                "phone": partner.phone,
+                "mobile": partner.mobile if has_mobile else "",
+                "email": partner.email,
+                "street": partner.street,
+                "street2": partner.street2,
+                "zip": partner.zip,
+                "city": partner.city,
+                "state": partner.state_id.name,
+                "country": partner.country_id.name,
+                "website": partner.website,
+                "tags": partner.category_id.mapped("name"),
+                "url": f"{partner.get_base_url()}/odoo/res.partner/{partner.id}",
+                "marker": partner_marker(database_uuid, partner.id),
+            }
+        return values
+
+    # -- contact push: salespeople keep their customers subscribed --------------
+
+    @api.model_create_multi
+    def create(self, vals_list):
+        partners = super().create(vals_list)
+        assigned = partners.filtered("user_id")
+        if assigned:
+            assigned._exchange_follow_salespeople()
+        return partners
+
+    def write(self, vals):
+        previous = {}
+        if "user_id" in vals:
+            previous = {partner.id: partner.user_id for partner in self}
+        result = super().write(vals)
+        if previous:
+            self._exchange_follow_salespeople(previous)
+        return result
+
+    def _exchange_follow_salespeople(self, previous=None):
+        """Subscribe the new salesperson who keeps their customers subscribed; unsubscribe the previous
+        one who asked for it. No request to Microsoft: the next push of each user does the work."""
+        subscriptions = self.env["exchange.contact.subscription"].sudo()
+        for partner in self.sudo():
+            old = (previous or {}).get(partner.id) or self.env["res.users"]
+            new = partner.user_id
+            if old == new:
+                continue
+            if new.exchange_keep_customers_subscribed:
+                subscriptions._subscribe_readable(partner, new)
+            if old and old.exchange_unsubscribe_reassigned_customers:
+                subscriptions._unsubscribe(partner, old)

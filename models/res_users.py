@@ -86,6 +86,7 @@ USER_CREDENTIAL_FAILURES = ("password", "invalid_grant", "no_account", "token")
 EXCHANGE_STATUS_FIELDS = ["exchange_state", "exchange_connected_email", "exchange_last_error"]
 EXCHANGE_STATUS_FIELDS += ["exchange_outlook_calendar_syncs"]
 EXCHANGE_STATUS_FIELDS += ["exchange_health", "exchange_transfer_folders_missing", "exchange_ca_summary"]
+EXCHANGE_STATUS_FIELDS += ["exchange_contact_count"]
 # Who may have a mailbox: every internal user (implied by base.group_user); an administrator may
 # remove that implication and give the group to some users only.
 MAILBOX_USER_GROUP = "exchange_connector.group_exchange_user"
@@ -113,6 +114,9 @@ EXCHANGE_SELF_FIELDS = [
     "exchange_sync_events",
     "exchange_sync_contacts",
     "exchange_event_private",
+    "exchange_contact_folder",
+    "exchange_keep_customers_subscribed",
+    "exchange_unsubscribe_reassigned_customers",
 ]
 # Everything of the feature on the user: closed to portal and public users.
 EXCHANGE_USER_FIELDS = frozenset(EXCHANGE_SELF_FIELDS + EXCHANGE_STATUS_FIELDS + ["exchange_token_cache"])
@@ -1125,3 +1129,45 @@ class ResUsers(models.Model):
                     node.attrib.pop("__groups_key__")
             arch = etree.tostring(tree)
         return arch, models
+
+    # -- contact push: "My Outlook contacts" --------------------------------
+
+    exchange_contact_folder = fields.Char(
+        "Outlook contact folder",
+        help="Leave empty to keep your subscribed partners in the main Contacts folder, the one your "
+             "phone syncs; or name a folder below it (created if needed).")
+    exchange_keep_customers_subscribed = fields.Boolean(
+        "Keep my customers subscribed",
+        help="Partners who get you as their salesperson are put in your Outlook contacts.")
+    exchange_unsubscribe_reassigned_customers = fields.Boolean(
+        "Unsubscribe customers reassigned to someone else",
+        help="A partner whose salesperson changes from you to someone else leaves your Outlook contacts.")
+    exchange_contact_count = fields.Integer("My Outlook contacts", compute="_compute_exchange_contact_count")
+
+    def _compute_exchange_contact_count(self):
+        counts = dict(self.env["exchange.contact.subscription"].sudo()._read_group(
+            [("user_id", "in", self.ids)], ["user_id"], ["__count"]))
+        for user in self:
+            user.exchange_contact_count = counts.get(user, 0)
+
+    def action_exchange_my_outlook_contacts(self):
+        """The partners in my Outlook contacts (the list filtered "In my Outlook")."""
+        self.ensure_one()
+        action = self.env["ir.actions.act_window"]._for_xml_id("contacts.action_contacts")
+        action["context"] = {"search_default_exchange_in_my_outlook": 1}
+        return action
+
+    def action_exchange_subscribe_my_customers(self):
+        """Subscribe me to every partner whose salesperson I am (and that I may read)."""
+        self.ensure_one()
+        partners = self.env["res.partner"].sudo().search([("user_id", "=", self.id)])
+        added = self.env["exchange.contact.subscription"]._subscribe_readable(partners, self)
+        return {
+            "type": "ir.actions.client",
+            "tag": "display_notification",
+            "params": {
+                "type": "success",
+                "message": self.env._("%(count)s customers added to your Outlook contacts.", count=added),
+                "next": {"type": "ir.actions.act_window_close"},
+            },
+        }

@@ -153,6 +153,20 @@ class RemoteContact:
     country: str = ""
     website: str = ""
     notes: str = ""
+    street2: str = ""
+    categories: List[str] = field(default_factory=list)
+    #: The ownership marker ("<database uuid>:<partner id>") kept in an extended property of the
+    #: contacts the connector creates (see :mod:`services.contact_mapping`); None on other contacts.
+    marker: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class MarkedContact:
+    """A contact of a folder that carries the connector's ownership marker (see ``list_marked_contacts``)."""
+
+    id: str
+    marker: str
+    change_key: Optional[str] = None
 
 
 @dataclass
@@ -333,7 +347,22 @@ class MailboxBackend(abc.ABC):
 
     @abc.abstractmethod
     def ensure_contact_folder(self, name: str) -> RemoteFolder:
-        """Return the contact folder ``name`` below the default Contacts folder, creating it if needed."""
+        """Return the contact folder ``name`` below the default Contacts folder, creating it if needed.
+
+        An empty ``name`` returns the default Contacts folder itself (the one phones sync).
+        """
+
+    def list_marked_contacts(self, folder: RemoteFolder) -> List[MarkedContact]:
+        """Every contact of ``folder`` that carries the ownership marker, whichever database set it.
+
+        Contacts without the marker (the user's own) are left out. Reads only: the push compares
+        it with its bindings to find contacts deleted in Outlook and creates whose answer was lost.
+        """
+        raise NotImplementedError
+
+    def get_contact(self, contact_id: str) -> RemoteContact:
+        """Read one contact back (every mapped field); raises :class:`~services.errors.ItemNotFound`."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def push_contacts(self, folder: RemoteFolder, changes: List[ContactChange]) -> List[ContactResult]:

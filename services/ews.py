@@ -45,27 +45,31 @@ from exchangelib import (
     Contact,
     Credentials,
     EWSDateTime,
+    ExtendedProperty,
     FailFast,
     Folder,
     HTMLBody,
     Version,
 )
 from exchangelib import errors as ews_errors
+from exchangelib.fields import FieldPath
 from exchangelib.folders import Calendar, Root
 from exchangelib.folders.queryset import SHALLOW as SHALLOW_FOLDERS
 from exchangelib.folders.queryset import SingleFolderQuerySet
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
 from exchangelib.items import HARD_DELETE, ID_ONLY, MOVE_TO_DELETED_ITEMS
 from exchangelib.protocol import BaseProtocol, Protocol
-from exchangelib.services import SyncFolderItems
+from exchangelib.services import FindItem, SyncFolderItems
 from exchangelib.services.common import EWSService
 from exchangelib.util import SOAPNS, ParseError, to_xml
 
 from .backend import (
     ContactResult,
     MailboxBackend,
+    MarkedContact,
     RemoteAddress,
     RemoteAttendee,
+    RemoteContact,
     RemoteEvent,
     RemoteFolder,
     RemoteMailbox,
@@ -74,6 +78,7 @@ from .backend import (
     saved_window_state,
     window_bounds,
 )
+from .contact_mapping import MARKER_PROPERTY_NAME, MARKER_PROPERTY_SET_ID, split_street, street_lines
 from .errors import (
     AuthenticationError,
     ConnectionProblem,
@@ -398,6 +403,22 @@ def event_from_ews(item):
     )
 
 
+class OdooPartnerMarker(ExtendedProperty):
+    """The connector's ownership marker on a contact (see :mod:`services.contact_mapping`)."""
+
+    property_set_id = MARKER_PROPERTY_SET_ID
+    property_name = MARKER_PROPERTY_NAME
+    property_type = "String"
+
+
+#: The Contact attribute exchangelib reads and writes the marker through (registered once per process).
+MARKER_FIELD = "odoo_partner_marker"
+if MARKER_FIELD not in {f.name for f in Contact.FIELDS}:
+    Contact.register(MARKER_FIELD, OdooPartnerMarker)
+#: Contacts per FindItem page when listing the marked contacts.
+CONTACT_LIST_PAGE = 1000
+
+
 def _fill_contact(item, contact):
     """Copy :class:`RemoteContact` fields onto an exchangelib Contact (empty values clear)."""
     item.given_name = contact.given_name or None
@@ -422,11 +443,11 @@ def _fill_contact(item, contact):
     if contact.mobile_phone:
         phones.append(PhoneNumber(label="MobilePhone", phone_number=contact.mobile_phone))
     item.phone_numbers = phones or None
-    if any((contact.street, contact.city, contact.zip, contact.state, contact.country)):
+    if any((contact.street, contact.street2, contact.city, contact.zip, contact.state, contact.country)):
         item.physical_addresses = [
             PhysicalAddress(
                 label="Business",
-                street=contact.street or None,
+                street=street_lines(contact) or None,
                 city=contact.city or None,
                 state=contact.state or None,
                 country=contact.country or None,
@@ -437,7 +458,40 @@ def _fill_contact(item, contact):
         item.physical_addresses = None
     item.business_homepage = contact.website or None
     item.body = Body(contact.notes) if contact.notes else None
+    item.categories = list(contact.categories) or None
+    if contact.marker:
+        setattr(item, MARKER_FIELD, contact.marker)
     return item
+
+
+def contact_from_ews(item):
+    """Map an exchangelib Contact to :class:`RemoteContact`."""
+    emails = sorted(item.email_addresses or [], key=lambda e: e.label or "")
+    phones = {p.label: p.phone_number for p in item.phone_numbers or [] if p.phone_number}
+    address = next((a for a in item.physical_addresses or [] if a.label == "Business"), None)
+    street, street2 = split_street(address.street if address else "")
+    return RemoteContact(
+        id=item.id,
+        change_key=item.changekey,
+        given_name=item.given_name or "",
+        surname=item.surname or "",
+        display_name=item.display_name or "",
+        company_name=item.company_name or "",
+        job_title=item.job_title or "",
+        emails=[e.email for e in emails if e.email],
+        business_phone=phones.get("BusinessPhone", ""),
+        mobile_phone=phones.get("MobilePhone", ""),
+        street=street,
+        street2=street2,
+        city=(address.city if address else "") or "",
+        zip=(address.zipcode if address else "") or "",
+        state=(address.state if address else "") or "",
+        country=(address.country if address else "") or "",
+        website=item.business_homepage or "",
+        notes=str(item.body or ""),
+        categories=list(item.categories or []),
+        marker=getattr(item, MARKER_FIELD, None) or None,
+    )
 
 
 _CONTACT_UPDATE_FIELDS = [
@@ -451,6 +505,7 @@ _CONTACT_UPDATE_FIELDS = [
     "physical_addresses",
     "business_homepage",
     "body",
+    "categories",
 ]
 
 
@@ -961,9 +1016,12 @@ class EwsBackend(MailboxBackend):
     # -- contacts -----------------------------------------------------------
 
     def ensure_contact_folder(self, name):
-        """Return the contact folder ``name`` below Contacts, creating it if missing."""
+        """Return the contact folder ``name`` below Contacts, creating it if missing (empty: Contacts)."""
         account = self.account
         contacts = self._call(lambda: account.contacts, "EWS GetFolder contacts")
+        if not name:
+            return RemoteFolder(id=contacts.id, display_name=contacts.name or "Contacts",
+                                path=contacts.name or "Contacts")
         wanted = name.casefold()
 
         def existing():
@@ -985,6 +1043,36 @@ class EwsBackend(MailboxBackend):
             path=f"{contacts.name}/{node.name or name}",
             parent_id=contacts.id,
         )
+
+    def list_marked_contacts(self, folder):
+        """The folder's contacts with the marker: FindItem pages of 1000 asking only for the marker."""
+        target = self._folder(folder.id)
+        marker_path = FieldPath(field=Contact.get_field_by_fieldname(MARKER_FIELD))
+
+        def listing():
+            # FindItem returns short string properties: no GetItem per 100 contacts, as a
+            # QuerySet would do for any extended property (exchangelib counts them as complex).
+            items = FindItem(account=target.account, page_size=CONTACT_LIST_PAGE).call(
+                folders=[target], additional_fields={marker_path}, restriction=None, order_fields=None,
+                shape=ID_ONLY, query_string=None, depth="Shallow", calendar_view=None, max_items=None,
+                offset=0,
+            )
+            return [
+                MarkedContact(item.id, getattr(item, MARKER_FIELD), item.changekey)
+                for item in items
+                if isinstance(item, Contact) and getattr(item, MARKER_FIELD, None)
+            ]
+
+        return self._call(listing, "EWS FindItem contacts")
+
+    def get_contact(self, contact_id):
+        """Read one contact (GetItem of every contact field and the marker)."""
+        account = self.account
+        found = self._call(lambda: list(account.fetch(ids=[(contact_id, None)])), "EWS GetItem contact")
+        item = found[0] if found else None
+        if item is None or isinstance(item, Exception):
+            raise _translate(item) if isinstance(item, Exception) else ItemNotFound(contact_id)
+        return contact_from_ews(item)
 
     def push_contacts(self, folder, changes):
         """Apply contact changes in order with CreateItem/UpdateItem/DeleteItem, 100 contacts per request.

@@ -37,8 +37,10 @@ from .auth import new_http_session
 from .backend import (
     ContactResult,
     MailboxBackend,
+    MarkedContact,
     RemoteAddress,
     RemoteAttendee,
+    RemoteContact,
     RemoteEvent,
     RemoteFolder,
     RemoteMailbox,
@@ -47,6 +49,7 @@ from .backend import (
     saved_window_state,
     window_bounds,
 )
+from .contact_mapping import MARKER_GRAPH_ID, split_street, street_lines
 from .errors import (
     AuthenticationError,
     ExchangeError,
@@ -226,8 +229,12 @@ def event_from_graph(node):
 
 
 def contact_to_graph(contact):
-    """Map :class:`RemoteContact` to a Graph ``contact`` body (empty values clear the remote ones)."""
-    return {
+    """Map :class:`RemoteContact` to a Graph ``contact`` body (empty values clear the remote ones).
+
+    The marker, when set, goes in ``singleValueExtendedProperties`` (it never changes, so writing
+    it again on an update is harmless).
+    """
+    body = {
         "givenName": contact.given_name or None,
         "surname": contact.surname or None,
         "displayName": contact.display_name or None,
@@ -239,7 +246,7 @@ def contact_to_graph(contact):
         "businessPhones": [contact.business_phone] if contact.business_phone else [],
         "mobilePhone": contact.mobile_phone or None,
         "businessAddress": {
-            "street": contact.street or None,
+            "street": street_lines(contact) or None,
             "city": contact.city or None,
             "state": contact.state or None,
             "postalCode": contact.zip or None,
@@ -247,7 +254,55 @@ def contact_to_graph(contact):
         },
         "businessHomePage": contact.website or None,
         "personalNotes": contact.notes or None,
+        "categories": list(contact.categories),
     }
+    if contact.marker:
+        body["singleValueExtendedProperties"] = [{"id": MARKER_GRAPH_ID, "value": contact.marker}]
+    return body
+
+
+def _marker_of(node):
+    for prop in node.get("singleValueExtendedProperties") or []:
+        if (prop.get("id") or "").casefold() == MARKER_GRAPH_ID.casefold():
+            return prop.get("value") or None
+    return None
+
+
+def contact_from_graph(node):
+    """Map a Graph ``contact`` (with the marker expanded) to :class:`RemoteContact`."""
+    address = node.get("businessAddress") or {}
+    street, street2 = split_street(address.get("street"))
+    phones = node.get("businessPhones") or []
+    return RemoteContact(
+        id=node.get("id"),
+        change_key=node.get("changeKey"),
+        given_name=node.get("givenName") or "",
+        surname=node.get("surname") or "",
+        display_name=node.get("displayName") or "",
+        company_name=node.get("companyName") or "",
+        job_title=node.get("jobTitle") or "",
+        emails=[a.get("address") for a in node.get("emailAddresses") or [] if a.get("address")],
+        business_phone=phones[0] if phones else "",
+        mobile_phone=node.get("mobilePhone") or "",
+        street=street,
+        street2=street2,
+        city=address.get("city") or "",
+        zip=address.get("postalCode") or "",
+        state=address.get("state") or "",
+        country=address.get("countryOrRegion") or "",
+        website=node.get("businessHomePage") or "",
+        notes=node.get("personalNotes") or "",
+        categories=list(node.get("categories") or []),
+        marker=_marker_of(node),
+    )
+
+
+#: ``$expand`` that brings the marker property along with a contact.
+_EXPAND_MARKER = quote(
+    f"singleValueExtendedProperties($filter=id eq {odata_quote(MARKER_GRAPH_ID)})", safe="()'=$"
+)
+#: The id the default Contacts folder goes by (Graph reaches it as ``/contacts``).
+DEFAULT_CONTACT_FOLDER = "contacts"
 
 
 def _error_of(response):
@@ -584,7 +639,13 @@ class GraphBackend(MailboxBackend):
     # -- contacts -----------------------------------------------------------
 
     def ensure_contact_folder(self, name):
-        """Return the contact folder ``name`` (below Contacts), creating it if missing."""
+        """Return the contact folder ``name`` (below Contacts), creating it if missing.
+
+        An empty ``name`` is the default Contacts folder (id ``"contacts"``: Graph reaches it as
+        ``/contacts``).
+        """
+        if not name:
+            return RemoteFolder(id=DEFAULT_CONTACT_FOLDER, display_name="Contacts", path="Contacts")
         node = self._contact_folder(name)
         if node is None:
             try:
@@ -606,11 +667,35 @@ class GraphBackend(MailboxBackend):
         found = self._request("GET", f"/contactFolders?$filter={query}").get("value") or []
         return next((n for n in found if (n.get("displayName") or "").casefold() == name.casefold()), None)
 
+    def _contacts_of(self, folder):
+        if folder.id == DEFAULT_CONTACT_FOLDER:
+            return "/contacts"
+        return f"/contactFolders/{_url_id(folder.id)}/contacts"
+
+    def list_marked_contacts(self, folder):
+        """The folder's contacts with the marker, listed by pages of 1000 (id, change key, marker only)."""
+        path = f"{self._contacts_of(folder)}?$select=id,changeKey&$expand={_EXPAND_MARKER}&$top=1000"
+        found = []
+        while path:
+            self._check_budget()
+            answer = self._request("GET", path)
+            for node in answer.get("value") or []:
+                marker = _marker_of(node)
+                if marker:
+                    found.append(MarkedContact(node["id"], marker, node.get("changeKey")))
+            path = answer.get("@odata.nextLink")
+        return found
+
+    def get_contact(self, contact_id):
+        """Read one contact with its marker."""
+        path = f"/contacts/{_url_id(contact_id)}?$expand={_EXPAND_MARKER}"
+        return contact_from_graph(self._request("GET", path))
+
     def _contact_request(self, folder, change):
         if change.op == "create":
             return {
                 "method": "POST",
-                "url": f"{self.root}/contactFolders/{_url_id(folder.id)}/contacts",
+                "url": f"{self.root}{self._contacts_of(folder)}",
                 "headers": {"Content-Type": "application/json"},
                 "body": contact_to_graph(change.contact),
             }

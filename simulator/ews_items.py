@@ -13,7 +13,7 @@ from datetime import date, datetime, timezone
 from lxml import etree
 
 from .ews_xml import element, ordered, sub, t
-from .store import as_utc, occurrence_id
+from .store import as_utc, extended_property_key, occurrence_id
 
 # Element order of the complex types we emit (subsets of types.xsd sequences, in schema order).
 # fmt: off
@@ -212,6 +212,7 @@ class Shape:
         self.base = "IdOnly"
         self.fields = set()
         self.indexed = set()
+        self.extended = []  # (key, ExtendedFieldURI element) of the named properties asked for
         self.body_type = "Best"
         if shape_elem is None:
             return
@@ -226,7 +227,11 @@ class Shape:
         if extra is not None:
             for path in extra:
                 uri = path.get("FieldURI")
-                if uri and etree.QName(path).localname == "IndexedFieldURI":
+                if etree.QName(path).localname == "ExtendedFieldURI":
+                    key = extended_field_key(path)
+                    if key:
+                        self.extended.append((key, path))
+                elif uri and etree.QName(path).localname == "IndexedFieldURI":
                     self.indexed.add((uri, path.get("FieldIndex")))
                     self.fields.add(uri)
                 elif uri:
@@ -755,6 +760,32 @@ def _week_index(recurrence, start_date):
     return WEEK_INDEX[min((start_date.day - 1) // 7, 4)]
 
 
+def extended_field_key(uri_elem):
+    """The store key of an ``ExtendedFieldURI`` naming a property by set id and name (None otherwise)."""
+    set_id = uri_elem.get("PropertySetId") or uri_elem.get("DistinguishedPropertySetId")
+    name = uri_elem.get("PropertyName")
+    if not set_id or not name:
+        return None
+    return extended_property_key(uri_elem.get("PropertyType") or "String", set_id, name)
+
+
+def _extended_elements(item, shape):
+    have = getattr(item, "extended_properties", None) or {}
+    found = []
+    for key, uri_elem in shape.extended:
+        if key in have:
+            prop = element(t("ExtendedProperty"))
+            prop.append(element(t("ExtendedFieldURI"), **dict(uri_elem.attrib)))
+            sub(prop, t("Value"), have[key])
+            found.append(prop)
+    return found
+
+
+#: A contact's elements in schema order, named properties where ItemType puts them.
+CONTACT_ORDER_EXTENDED = ITEM_ORDER[: ITEM_ORDER.index("Culture")] + ("ExtendedProperty",) + CONTACT_ORDER[
+    ITEM_ORDER.index("Culture"):]
+
+
 def contact_element(item, shape, folder):
     """``t:Contact`` with the requested properties (phones, addresses and e-mails as indexed entries)."""
     fields = _common_item_fields(item, shape, folder, "IPM.Contact")
@@ -781,8 +812,17 @@ def contact_element(item, shape, folder):
         ("contacts:PhoneNumbers", lambda: _phone_entries(item, shape.entries("contacts:PhoneNumbers"))),
         ("contacts:JobTitle", lambda: _text("JobTitle", getattr(item, "job_title", None))),
         ("contacts:Surname", lambda: _text("Surname", item.surname)),
+        ("contacts:BusinessHomePage",
+         lambda: _text("BusinessHomePage", getattr(item, "business_home_page", None))),
     ]
-    return _assemble("Contact", item, shape, fields, CONTACT_ORDER)
+    contact = _assemble("Contact", item, shape, fields, CONTACT_ORDER)
+    extended = _extended_elements(item, shape)
+    if extended:
+        children = list(contact)
+        for child in children:
+            contact.remove(child)
+        ordered(contact, children + extended, CONTACT_ORDER_EXTENDED)
+    return contact
 
 
 def _email_entries(values, wanted=None):
@@ -898,6 +938,7 @@ CONTACT_SIMPLE_FIELDS = {
     "CompanyName": "company_name",
     "JobTitle": "job_title",
     "FileAs": "file_as",
+    "BusinessHomePage": "business_home_page",
 }
 CONTACT_URI_TO_ATTR = {f"contacts:{tag}": attr for tag, attr in CONTACT_SIMPLE_FIELDS.items()}
 CONTACT_URI_TO_ATTR.update({"item:Body": "personal_notes", "item:Categories": "categories"})
@@ -921,6 +962,13 @@ def contact_fields_from_xml(contact_elem, current=None):
             fields.update(_phone_fields(child, current))
         elif name == "PhysicalAddresses":
             fields.update(_address_fields(child, current))
+        elif name == "ExtendedProperty":
+            uri_elem = child.find(t("ExtendedFieldURI"))
+            key = extended_field_key(uri_elem) if uri_elem is not None else None
+            if key:
+                if "extended_properties" not in fields:
+                    fields["extended_properties"] = dict(getattr(current, "extended_properties", None) or {})
+                fields["extended_properties"][key] = child.findtext(t("Value")) or ""
     return fields
 
 
@@ -974,6 +1022,11 @@ def deleted_contact_fields(path_elem, current):
     """Field values that clear what a ``DeleteItemField`` path designates on a contact."""
     uri = path_elem.get("FieldURI")
     index = path_elem.get("FieldIndex")
+    if etree.QName(path_elem).localname == "ExtendedFieldURI":
+        key = extended_field_key(path_elem)
+        kept = dict(getattr(current, "extended_properties", None) or {})
+        kept.pop(key, None)
+        return {"extended_properties": kept}
     if uri in CONTACT_URI_TO_ATTR:
         attr = CONTACT_URI_TO_ATTR[uri]
         return {attr: [] if attr == "categories" else None}

@@ -14,6 +14,8 @@ import re
 import urllib.parse
 import zoneinfo
 
+from . import store
+
 try:  # tzlocal comes with exchangelib; the simulator must not need it
     from tzlocal.windows_tz import tz_win as _IANA_TO_WINDOWS
     from tzlocal.windows_tz import win_tz as _WINDOWS_TO_IANA
@@ -351,7 +353,7 @@ def contact(item, item_id, parent_folder_id):
         "department": None,
         "officeLocation": None,
         "profession": None,
-        "businessHomePage": None,
+        "businessHomePage": getattr(item, "business_home_page", None) or None,
         "assistantName": None,
         "manager": None,
         "homePhones": list(getattr(item, "home_phones", None) or []),
@@ -379,6 +381,7 @@ CONTACT_FIELDS_FROM_GRAPH = {
     "categories": "categories",
     "personalNotes": "personal_notes",
     "fileAs": "file_as",
+    "businessHomePage": "business_home_page",
 }
 
 
@@ -395,7 +398,32 @@ def contact_fields_from_graph(payload):
     for graph_name, store_name in (("businessAddress", "business_address"), ("homeAddress", "home_address")):
         if graph_name in payload:
             fields[store_name] = physical_address_from_graph(payload[graph_name])
+    extended = payload.get("singleValueExtendedProperties")
+    if extended:
+        fields["extended_properties"] = extended_properties_from_graph(extended)
     return fields
+
+
+def extended_properties_from_graph(values):
+    """``singleValueExtendedProperties`` of a POST/PATCH body → {key: value} (store.extended_property_key)."""
+    found = {}
+    for prop in values or []:
+        key = store.parse_extended_property_id(prop.get("id"))
+        if key is None:
+            raise ValueError(f"Invalid extended property id {prop.get('id')!r}")
+        found[key] = prop.get("value")
+    return found
+
+
+def expanded_extended_properties(item, wanted_ids):
+    """The item's ``singleValueExtendedProperties`` among ``wanted_ids`` (Graph ids), as Graph lists them."""
+    have = getattr(item, "extended_properties", None) or {}
+    rows = []
+    for wanted in wanted_ids:
+        key = store.parse_extended_property_id(wanted)
+        if key in have:
+            rows.append({"id": wanted, "value": have[key]})
+    return rows
 
 
 # ---------------------------------------------------------------- events

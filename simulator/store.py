@@ -338,6 +338,10 @@ class Contact(Item):
     home_address: Address = field(default_factory=Address)
     personal_notes: str = ""
     file_as: str = ""
+    business_home_page: str = ""
+    # Named MAPI properties: {"String {guid} Name X": value}, the key as Graph writes the id (see
+    # extended_property_key), shared by Graph's singleValueExtendedProperties and EWS ExtendedProperty.
+    extended_properties: dict = field(default_factory=dict)
 
 
 class Occurrence:
@@ -1129,6 +1133,19 @@ def _normalise_exception(overrides):
         if key in overrides:
             overrides[key] = as_utc(overrides[key])
     return overrides
+
+
+def extended_property_key(property_type, property_set_id, property_name):
+    """The one spelling of a named property's id: Graph's ``"String {guid} Name X"``, guid in lower case."""
+    return f"{property_type} {{{property_set_id.strip('{}').lower()}}} Name {property_name}"
+
+
+def parse_extended_property_id(value):
+    """The key of a Graph ``singleValueExtendedProperties`` id; None when it is not a named property."""
+    parts = (value or "").split(" ", 3)
+    if len(parts) != 4 or parts[2].lower() != "name":
+        return None
+    return extended_property_key(parts[0], parts[1], parts[3])
 
 
 def _normalise_contact_fields(fields):

@@ -7,6 +7,7 @@ from . import test_binding
 from . import test_scheduler
 from . import test_discuss_sync
 from . import test_address_matching
+from . import test_contact_push
 from . import test_event_import
 from . import test_user_input
 from . import test_mailbox_access

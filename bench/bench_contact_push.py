@@ -1,0 +1,200 @@
+"""Benchmark of the contact push: one user with 5,000 subscribed partners, on Graph and on EWS.
+
+Runs the real push (``exchange.mailbox._sync_contacts``) of an Odoo database that has the addon
+installed, against a local tenant, in one transaction that is rolled back at the end (the database
+is left as it was). For each protocol it prints the requests the tenant answered, the write
+requests among them, Graph ``$batch`` calls, database writes and wall time for:
+
+- the first push (every partner created),
+- a run with no change (target: 0 write requests, no database write besides the sync log): a
+  scheduled run finds nothing pending and asks nothing; "Sync now" compares the folder anyway,
+- a run after 50 partner edits (target: at most 3 ``$batch`` calls on Graph).
+
+"operations" are the mailbox requests the tenant answered (a ``$batch`` item counts as one, EWS's
+NTLM handshake legs do not count); "writes" the creates, updates and deletes among them.
+
+    EXCHANGE_CONNECTOR_HOME=... python bench/bench_contact_push.py --database ect_contacts \\
+        [--partners 5000] [--edits 50]
+
+The database must exist with exchange_connector installed (``./dev/test`` or an Odoo test run
+leaves one behind: ``$TEST_DB``).
+"""
+
+import argparse
+import collections
+import os
+import sys
+import time
+from unittest.mock import patch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ODOO_SRC = os.environ.get("ODOO_SRC", "/opt/odoo19")
+STATE = os.environ.get("EXCHANGE_CONNECTOR_HOME", os.path.expanduser("~/.local/share/exchange_connector"))
+sys.path.insert(0, ODOO_SRC)
+
+import odoo  # noqa: E402
+from odoo import SUPERUSER_ID, api  # noqa: E402
+from odoo.modules.registry import Registry  # noqa: E402
+from odoo.tools import config  # noqa: E402
+
+CLIENT_ID = "bench-contact-push"
+CLIENT_SECRET = "bench-secret"
+REDIRECT_URI = "https://odoo.test/exchange_connector/oauth/callback"
+PASSWORD = "Passw0rd!"
+GRAPH_WRITES = {"POST", "PATCH", "DELETE"}
+EWS_WRITES = {"CreateItem", "UpdateItem", "DeleteItem"}
+WRITE_VERBS = ("INSERT", "UPDATE", "DELETE")
+
+
+class WriteCounter:
+    """Counts the SQL statements that write, by table, while active."""
+
+    def __init__(self):
+        self.tables = collections.Counter()
+
+    def wrap(self, execute):
+        counter = self
+
+        def counting(cursor, query, params=None, log_exceptions=True):
+            text = str(getattr(query, "code", query)).lstrip().upper()
+            if text.startswith(WRITE_VERBS):
+                words = text.replace('"', " ").split()
+                table = words[2] if words[0] in ("INSERT", "DELETE") else words[1]
+                counter.tables[table.lower()] += 1
+            return execute(cursor, query, params, log_exceptions)
+
+        return counting
+
+
+def is_batch(entry):
+    return "$batch" in (entry.get("endpoint") or entry["path"])
+
+
+def tenant_operations(tenant, email):
+    """The mailbox's answered operations: $batch items one by one, no NTLM 401 legs, no $batch itself."""
+    email = email.lower()
+    return [e for e in tenant.request_log.entries
+            if (e.get("mailbox") or "").lower() == email and e["status"] != 401 and not is_batch(e)]
+
+
+def measure(env, tenant, user, label, trigger="cron"):
+    """One contact sync of ``user`` (scheduled, or "Sync now" when ``trigger`` is "manual")."""
+    from odoo.addons.exchange_connector.models.exchange_mailbox import PendingRun  # noqa: PLC0415
+
+    tenant.request_log.clear()
+    counter = WriteCounter()
+    cursor_class = type(env.cr)
+    pending = PendingRun(env["exchange.sync.run"], user, "contacts", trigger)
+    env.flush_all()
+    started = time.perf_counter()
+    with patch.object(cursor_class, "execute", counter.wrap(cursor_class.execute)), \
+            user._exchange_backend() as backend:
+        error = user._exchange_mailbox()._exchange_sync_kind("contacts", backend, pending)
+        env.flush_all()
+    elapsed = time.perf_counter() - started
+    if error is not None:
+        raise error
+    run = pending.record
+    entries = tenant_operations(tenant, user.exchange_email)
+    writes = [e for e in entries if (e["method"] in GRAPH_WRITES if e["protocol"] == "graph"
+                                     else e.get("operation") in EWS_WRITES)]
+    batches = sum(1 for e in tenant.request_log.entries if is_batch(e))
+    db_writes = sum(n for table, n in counter.tables.items()
+                    if table not in ("exchange_sync_run", "exchange_mailbox"))
+    print(f"  {label:<22} {len(entries):>6} operations {len(writes):>6} writes {batches:>5} $batch "
+          f"{db_writes:>6} db writes  {elapsed:7.2f} s   created {run.count_created or 0} "
+          f"updated {run.count_updated or 0} failed {run.count_failed or 0}")
+    return {"requests": len(entries), "writes": len(writes), "batches": batches, "db_writes": db_writes}
+
+
+def make_partners(env, count):
+    tags = env["res.partner.category"].create([{"name": f"Bench tag {n}"} for n in range(5)])
+    company = env["res.partner"].create({"name": "Bench Holding", "is_company": True})
+    return env["res.partner"].create([{
+        "name": f"Bench Person {number}",
+        "parent_id": company.id,
+        "function": "Buyer",
+        "email": f"person{number}@bench.example" if number % 10 else False,
+        "phone": f"+49 89 {number:06d}",
+        "street": f"Street {number}",
+        "zip": f"{10000 + number}",
+        "city": "München",
+        "category_id": [(6, 0, tags[number % 5].ids)],
+    } for number in range(count)])
+
+
+def configure(env, tenant):
+    params = env["ir.config_parameter"].sudo()
+    for key, value in {
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "authority_host": tenant.base_url,
+        "tenant_id": tenant.tenant_id, "graph_url": tenant.graph_url, "ca_bundle_path": tenant.ca_path,
+    }.items():
+        params.set_param(f"exchange_connector.{key}", value)
+
+
+def make_user(env, tenant, kind):
+    from odoo.addons.exchange_connector.services.auth import GraphOAuth  # noqa: PLC0415
+
+    remote = tenant.store.add_mailbox(f"bench.{kind}@contoso.test", f"Bench {kind}", password=PASSWORD)
+    values = {"name": f"Bench {kind}", "login": f"bench.{kind}", "exchange_email": remote.email,
+              "exchange_account_type": kind, "group_ids": [(6, 0, env.ref("base.group_user").ids)]}
+    if kind == "ews":
+        with open(tenant.ca_path, encoding="ascii") as handle:
+            values.update(exchange_ews_url=tenant.ews_url, exchange_ews_username=remote.email,
+                          exchange_ews_password=PASSWORD, exchange_ews_auth="ntlm", exchange_verify_tls=True,
+                          exchange_ca_bundle=handle.read())
+    user = env["res.users"].with_context(no_reset_password=True).create(values)
+    if kind == "graph":
+        oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, tenant.authority, verify=tenant.ca_path)
+        flow = oauth.start_sign_in(REDIRECT_URI, login_hint=remote.email)
+        answer = tenant.browser_sign_in(flow["auth_uri"], remote.email, PASSWORD)
+        user.exchange_token_cache = oauth.finish_sign_in(flow, answer).cache_blob
+    user._exchange_mark_connected(remote.email)
+    return user
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    database = os.environ.get("TEST_DB")
+    parser.add_argument("--database", default=database, required=not database)
+    parser.add_argument("--partners", type=int, default=5000)
+    parser.add_argument("--edits", type=int, default=50)
+    args = parser.parse_args()
+    config.parse_config([
+        f"--addons-path={ODOO_SRC}/addons,{ODOO_SRC}/odoo/addons,{STATE}/addons",
+        f"--data-dir={STATE}/data", "--log-level=warn", "-d", args.database,
+    ])
+    sys.path.insert(0, REPO)
+    from simulator import Tenant  # noqa: PLC0415
+
+    registry = Registry(args.database)
+    with Tenant.start() as tenant, registry.cursor() as cr:
+        tenant.register_app(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])
+        env = api.Environment(cr, SUPERUSER_ID, {})
+        configure(env, tenant)
+        print(f"Contact push of {args.partners} subscribed partners, then {args.edits} edits "
+              f"(Odoo database {args.database}, rolled back at the end)")
+        no_commit = patch.object(type(env["ir.cron"]), "_commit_progress",
+                                 lambda self, processed=0, **kwargs: float("inf"))
+        try:
+            with no_commit:
+                partners = make_partners(env, args.partners)
+                for kind in ("graph", "ews"):
+                    user = make_user(env, tenant, kind)
+                    env["exchange.contact.subscription"].sudo().create(
+                        [{"user_id": user.id, "partner_id": partner.id} for partner in partners])
+                    print(f"{kind}:")
+                    measure(env, tenant, user, "first push")
+                    measure(env, tenant, user, "no-change re-run")
+                    measure(env, tenant, user, "no-change Sync now", trigger="manual")
+                    # Not an address field: Odoo copies a contact's address to its company and siblings.
+                    for number, partner in enumerate(partners[: args.edits]):
+                        partner.phone = f"+49 30 {kind} {number:06d}"
+                    measure(env, tenant, user, f"after {args.edits} edits")
+        finally:
+            cr.rollback()
+
+
+if __name__ == "__main__":
+    odoo.tools.config["workers"] = 0
+    main()
