@@ -6,6 +6,8 @@ import requests
 from odoo.tests import HttpCase, new_test_user, tagged
 from odoo.tests.common import ChromeBrowser
 
+from odoo.addons.exchange_connector.services import ConnectionProblem
+
 from .common import PASSWORD, ExchangeTenantMixin
 from .test_oauth import ALICE, ALICE_AND_BOB
 
@@ -76,3 +78,11 @@ class TestScreensTour(ExchangeTenantMixin, HttpCase):
         self.env.invalidate_all()
         self.assertEqual(user.exchange_health, "connected")
         self.assertFalse(user.exchange_last_error)
+
+    def test_discuss_marks_a_failed_last_run_plainly(self):
+        user, remote = self.ews_user(self.env, "ursel")
+        mailbox = user._exchange_mark_connected(remote.email)
+        # What the seam records when the server's name does not resolve during a sync.
+        mailbox._exchange_record_error(ConnectionProblem("Name or service not known", kind="dns"))
+        self.assertEqual(user.exchange_health, "failing")
+        self.start_tour("/odoo/discuss", "exchange_connector_discuss_failed_run", login=user.login)

@@ -86,3 +86,15 @@ tours.add("exchange_connector_test_connection", {
         },
     ],
 });
+
+/** A mailbox whose last sync failed: the Discuss sidebar says so in words, not with a hover-only sign. */
+tours.add("exchange_connector_discuss_failed_run", {
+    steps: () => [
+        {
+            content: "The Discuss entry says that the last sync failed, and why",
+            trigger:
+                ".o-exchange-DiscussSidebarSync div[name=exchange_last_error]" +
+                ":contains('Last sync failed'):contains('is unknown')",
+        },
+    ],
+});
