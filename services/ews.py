@@ -52,16 +52,17 @@ from exchangelib import (
     Version,
 )
 from exchangelib import errors as ews_errors
-from exchangelib.fields import FieldPath
+from exchangelib.fields import FieldPath, URIField
 from exchangelib.folders import Calendar, Root
 from exchangelib.folders.queryset import SHALLOW as SHALLOW_FOLDERS
 from exchangelib.folders.queryset import SingleFolderQuerySet
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
-from exchangelib.items import HARD_DELETE, ID_ONLY, MOVE_TO_DELETED_ITEMS
+from exchangelib.items import HARD_DELETE, ID_ONLY, MOVE_TO_DELETED_ITEMS, CalendarItem
 from exchangelib.protocol import BaseProtocol, Protocol
 from exchangelib.services import FindItem, SyncFolderItems
 from exchangelib.services.common import EWSService
 from exchangelib.util import SOAPNS, ParseError, to_xml
+from exchangelib.version import EXCHANGE_2013
 
 from .backend import (
     ContactResult,
@@ -130,6 +131,19 @@ EVENT_FIELDS = [
     "reminder_is_set",
     "reminder_minutes_before_start",
 ]
+#: The meeting's join link, Exchange 2013 and later only (``JoinOnlineMeetingUrl`` of ``CalendarItemType``
+#: in types.xsd); Exchange 2010 has no such property, and exchangelib no field for it.
+JOIN_URL_FIELD = "join_online_meeting_url"
+if JOIN_URL_FIELD not in {field.name for field in CalendarItem.FIELDS}:
+    CalendarItem.add_field(
+        URIField(
+            JOIN_URL_FIELD,
+            field_uri="calendar:JoinOnlineMeetingUrl",
+            supported_from=EXCHANGE_2013,
+            is_read_only=True,
+        ),
+        insert_after="net_show_url",
+    )
 #: Exchange refuses a SyncFolderItems MaxChangesReturned above 512.
 MAX_SYNC_CHANGES = 512
 #: Contacts per CreateItem/UpdateItem/DeleteItem request.
@@ -400,6 +414,7 @@ def event_from_ews(item):
         original_start=_utc(item.original_start) if item.type in ("Occurrence", "Exception") else None,
         reminder_minutes=item.reminder_minutes_before_start if item.reminder_is_set else None,
         my_response=_RESPONSES.get((item.my_response_type or "").lower(), "none"),
+        online_meeting_url=getattr(item, JOIN_URL_FIELD, None) or "",
     )
 
 
@@ -985,6 +1000,9 @@ class EwsBackend(MailboxBackend):
         account = self.account
         calendar = self._call(lambda: account.calendar, "EWS GetFolder calendar")
         limit = self.calendar_max_entries
+        fields = list(EVENT_FIELDS)
+        if account.version.build >= EXCHANGE_2013:
+            fields.append(JOIN_URL_FIELD)
         todo = []
         start = window_start
         while start < window_end:
@@ -996,7 +1014,7 @@ class EwsBackend(MailboxBackend):
             self._check_budget()
             start, end = todo.pop()
             view = calendar.view(start=_ews_datetime(start), end=_ews_datetime(end), max_items=limit)
-            view = view.only(*EVENT_FIELDS)
+            view = view.only(*fields)
             view.page_size = limit
             found = self._call(lambda view=view: list(view), "EWS FindItem CalendarView")
             if len(found) >= limit:
