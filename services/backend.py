@@ -16,11 +16,20 @@ import abc
 import json
 from dataclasses import dataclass, field
 from datetime import timezone
-from typing import Generic, Iterator, List, Optional, TypeVar
+from typing import Dict, Generic, Iterator, List, Optional, TypeVar, Union
 
-from .errors import FolderNotFound
+from .errors import (
+    AuthenticationError,
+    ConnectionProblem,
+    ExchangeError,
+    FolderNotFound,
+    ThrottledError,
+    TimeBudgetExceeded,
+)
 
 T = TypeVar("T")
+#: Errors about the whole mailbox or run, never about one item: bulk calls raise them.
+MAILBOX_WIDE_ERRORS = (AuthenticationError, ConnectionProblem, ThrottledError, TimeBudgetExceeded)
 
 
 @dataclass(frozen=True)
@@ -301,6 +310,23 @@ class MailboxBackend(abc.ABC):
     @abc.abstractmethod
     def get_mime(self, message_id: str) -> bytes:
         """Return the message's RFC 5322 source."""
+
+    def get_mimes(self, message_ids: List[str]) -> Dict[str, Union[bytes, ExchangeError]]:
+        """Return ``{id: MIME source}`` for many messages, in as few requests as the protocol allows.
+
+        A message that cannot be fetched (gone meanwhile, refused) maps to its
+        :class:`~services.errors.ExchangeError` (``ItemNotFound`` when gone) instead of
+        failing the others; errors that concern the whole mailbox are raised as usual.
+        """
+        result = {}
+        for message_id in dict.fromkeys(message_ids):
+            try:
+                result[message_id] = self.get_mime(message_id)
+            except ExchangeError as error:
+                if isinstance(error, MAILBOX_WIDE_ERRORS):
+                    raise
+                result[message_id] = error
+        return result
 
     @abc.abstractmethod
     def move_message(self, message_id: str, dest: RemoteFolder) -> str:
