@@ -19,6 +19,10 @@
         "views/res_users_views.xml",
         "views/res_config_settings_views.xml",
         "views/exchange_menus.xml",
+        "security/exchange_mail_security.xml",
+        "views/exchange_mail_views.xml",
+        "views/res_config_settings_mail_views.xml",
+        "wizard/exchange_assign_partner_views.xml",
     ],
     "assets": {
         "web.assets_backend": [

@@ -5,3 +5,7 @@ from . import res_config_settings
 from . import res_users
 from . import exchange_address_choice
 from . import res_partner
+from . import res_company
+from . import mail_message
+from . import exchange_mail
+from . import exchange_mail_import

@@ -66,3 +66,12 @@ class ResConfigSettings(models.TransientModel):
             name: value for name, value in values.items()
             if name not in self._fields or self._has_field_access(self._fields[name], "read")
         }
+
+
+class ResConfigSettingsMailImport(models.TransientModel):
+    _inherit = "res.config.settings"
+
+    exchange_unknown_address = fields.Selection(
+        related="company_id.exchange_unknown_address", readonly=False)
+    exchange_attachment_limit_mb = fields.Integer(
+        related="company_id.exchange_attachment_limit_mb", readonly=False)

@@ -7,3 +7,4 @@ from . import test_binding
 from . import test_scheduler
 from . import test_discuss_sync
 from . import test_address_matching
+from . import test_mail_import
