@@ -8,3 +8,4 @@ from . import test_scheduler
 from . import test_discuss_sync
 from . import test_address_matching
 from . import test_mail_import
+from . import test_mail_assign

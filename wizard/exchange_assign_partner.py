@@ -75,24 +75,32 @@ class ExchangeAssignPartner(models.TransientModel):
         if not chosen and not self.extra_partner_ids:
             raise UserError(self.env._("Choose at least one partner, or ignore the mails."))
         mails = self.mail_ids.filtered(lambda mail: mail.state == "queued")
-        for mail in mails:
-            partners = self._partners_for(mail, chosen)
+        # The addresses are read before posting clears them.
+        decisions = [
+            (mail, mail._exchange_pending_addresses(), self._partners_for(mail, chosen)) for mail in mails
+        ]
+        for mail, _addresses, partners in decisions:
             mail.sudo()._exchange_post_on(partners)
         if self.remember:
-            self._remember(mails, chosen)
+            self._remember(decisions, chosen)
         return {"type": "ir.actions.act_window_close"}
 
     def action_ignore(self):
         self.mail_ids.action_ignore()
         return {"type": "ir.actions.act_window_close"}
 
-    def _remember(self, mails, chosen):
+    def _remember(self, decisions, chosen):
+        """Remember, per address of the mails, the chosen candidates of that address.
+
+        A mail of a single address remembers all its partners for it (e.g. one picked among
+        "Other partners" for an unknown address).
+        """
         Choice = self.env["exchange.address.choice"]
-        for mail in mails:
-            for address in mail._exchange_pending_addresses():
+        for mail, addresses, partners_of_mail in decisions:
+            for address in addresses:
                 partners = chosen.filtered(lambda line, a=address: line.address == a).partner_id
-                if not partners and len(mail._exchange_pending_addresses()) == 1:
-                    partners = self._partners_for(mail, chosen)
+                if not partners and len(addresses) == 1:
+                    partners = partners_of_mail
                 if not partners:
                     continue
                 existing = Choice.search([("user_id", "=", mail.user_id.id), ("address", "=", address)])
