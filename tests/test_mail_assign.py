@@ -14,7 +14,8 @@ class TestMailAssignment(MailImportMixin, TransactionCase):
         cls.acme = Partner.create({"name": "Acme", "is_company": True})
         cls.salesman = new_test_user(cls.env, login="salesman.test", name="Salesman")
         cls.anna_a = Partner.create({
-            "name": "Anna (Acme)", "email": "anna@dup.test", "parent_id": cls.acme.id, "user_id": cls.salesman.id,
+            "name": "Anna (Acme)", "email": "anna@dup.test",
+            "parent_id": cls.acme.id, "user_id": cls.salesman.id,
         })
         cls.anna_b = Partner.create({"name": "Anna (private)", "email": "ANNA@dup.test"})
         cls.anna_b.message_post(body="Earlier note", message_type="comment")
