@@ -9,7 +9,13 @@ from odoo import api, fields, models
 from odoo.tools import clean_context, html2plaintext
 
 from ..services.addresses import parse_address_header
-from ..services.mail_content import clean_message_id, content_key, strip_remote_content, thread_references
+from ..services.mail_content import (
+    clean_message_id,
+    content_key,
+    repair_charsets,
+    strip_remote_content,
+    thread_references,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -77,6 +83,7 @@ class ExchangeMail(models.Model):
     def _exchange_parse(self, mime):
         """Odoo's own parse of ``mime`` plus what routing needs: a dict (``mail.thread.message_parse``)."""
         message = email.message_from_bytes(mime, policy=email.policy.SMTP)
+        repair_charsets(message)
         parsed = self.env["mail.thread"].message_parse(message)
         key = clean_message_id(message.get("Message-Id", "")) if message.get("Message-Id") else None
         if not key:
@@ -161,6 +168,10 @@ class ExchangeMail(models.Model):
                     limit=limit // 1048576))
                 continue
             attachments.append(attachment)
+            if attachment.fname and attachment.fname.lower() == "winmail.dat":
+                notes.append(self.env._(
+                    "winmail.dat holds Outlook rich text (TNEF) that Odoo cannot show; it is attached as "
+                    "it came. Ask the sender to send plain or HTML mails."))
         if notes:
             body += Markup("<p><i>%s</i></p>") % Markup("<br/>").join(escape(note) for note in notes)
         values = {

@@ -12,6 +12,8 @@ _logger = logging.getLogger(__name__)
 #: MIME sources fetched per bulk call: a page of the listing, bounded in bytes to bound memory.
 FETCH_COUNT = 100
 FETCH_BYTES = 20 * 1024 * 1024
+#: Above this many addresses (a mass mailing), unknown and ambiguous ones are left out, not asked about.
+MAX_ASKED_ADDRESSES = 50
 #: Failed mails retried per run.
 RETRY_BATCH = 100
 
@@ -213,7 +215,11 @@ class ExchangeMailbox(models.Model):
             concerned = parsed["recipient_addresses"]
         concerned = [address for address in concerned if address not in company]
         if not concerned:
-            mail._exchange_mark_ignored(self.env._("The mail concerns only the company's own addresses."))
+            if mail.folder_kind == "in" and not sender:
+                reason = self.env._("The mail has no sender address (From).")
+            else:
+                reason = self.env._("The mail concerns only the company's own addresses.")
+            mail._exchange_mark_ignored(reason)
             return "ignored"
         certain, ambiguous, unknown = empty, [], []
         for address in concerned:
@@ -225,6 +231,9 @@ class ExchangeMailbox(models.Model):
             else:
                 unknown.append(address)
         policy = user.company_id.exchange_unknown_address or "queue"
+        if len(concerned) > MAX_ASKED_ADDRESSES:
+            # A mass mailing: filed on the partners it certainly reaches, nobody asked about the rest.
+            ambiguous, unknown = [], []
         if unknown and policy == "create":
             certain |= self._exchange_create_partners(unknown, parsed)
             unknown = []

@@ -5,6 +5,7 @@ Odoo's own parser (``mail.thread.message_parse``) does the MIME work; these help
 what it extracted.
 """
 
+import codecs
 import hashlib
 import re
 from typing import List, Optional, Tuple
@@ -39,6 +40,33 @@ def content_key(email_from, date, subject, body) -> str:
         digest.update(str(part or "").strip().encode("utf-8", "replace"))
         digest.update(b"\x00")
     return f"<{digest.hexdigest()[:40]}@{CONTENT_KEY_DOMAIN}>"
+
+
+def repair_charsets(message):
+    """Replace the charsets Python does not know in ``message``'s text parts (in place); return how many.
+
+    A text part declared in an unknown charset ("x-klingon", a typo) would make its decoding fail:
+    it is read as UTF-8 when its bytes are valid UTF-8, else as Windows-1252, which accepts any byte.
+    """
+    repaired = 0
+    for part in message.walk():
+        charset = part.get_param("charset")
+        if not charset or part.get_content_maintype() != "text":
+            continue
+        try:
+            codecs.lookup(str(charset))
+            continue
+        except (LookupError, ValueError):
+            pass
+        payload = part.get_payload(decode=True) or b""
+        try:
+            payload.decode("utf-8")
+            fallback = "utf-8"
+        except UnicodeDecodeError:
+            fallback = "windows-1252"
+        part.set_param("charset", fallback)
+        repaired += 1
+    return repaired
 
 
 def _is_remote(url):

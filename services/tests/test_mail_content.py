@@ -49,3 +49,22 @@ def test_strip_remote_content_leaves_clean_html_alone():
     html = "<p>Nothing remote <a href='https://example.com'>link</a></p>"
     assert strip_remote_content(html) == (html, 0)
     assert strip_remote_content("") == ("", 0)
+
+
+def test_repair_charsets_reads_unknown_ones_as_utf8_or_windows_1252():
+    import email
+    import email.policy
+
+    from services.mail_content import repair_charsets
+
+    def part(charset, payload):
+        source = f"Content-Type: text/plain; charset={charset}\r\n\r\n".encode() + payload
+        return email.message_from_bytes(source, policy=email.policy.SMTP)
+
+    utf8 = part("x-klingon", "Grüße".encode())
+    latin = part("x-klingon", "Grüße".encode("latin-1"))
+    known = part("iso-8859-1", "Grüße".encode("latin-1"))
+    assert [repair_charsets(m) for m in (utf8, latin, known)] == [1, 1, 0]
+    assert utf8.get_content().strip() == "Grüße"
+    assert latin.get_content().strip() == "Grüße"
+    assert known.get_content_charset() == "iso-8859-1"
