@@ -10,3 +10,4 @@ from . import test_address_matching
 from . import test_mail_import
 from . import test_mail_assign
 from . import test_mail_hostile
+from . import test_mail_kill
