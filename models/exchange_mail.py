@@ -2,6 +2,7 @@ import base64
 import email
 import email.policy
 import logging
+from collections import defaultdict
 
 from markupsafe import Markup, escape
 
@@ -115,48 +116,68 @@ class ExchangeMail(models.Model):
 
     # -- posting --------------------------------------------------------------
 
-    def _exchange_attachment_limit(self):
+    @api.model
+    def _exchange_attachment_limit(self, user):
         """Bytes above which an attachment is left out (per company, ``exchange_attachment_limit_mb``)."""
-        limit_mb = self.user_id.company_id.exchange_attachment_limit_mb or DEFAULT_ATTACHMENT_LIMIT_MB
+        limit_mb = user.company_id.exchange_attachment_limit_mb or DEFAULT_ATTACHMENT_LIMIT_MB
         return limit_mb * 1024 * 1024
 
-    def _exchange_post(self, parsed, targets, author):
-        """Post the mail on each ``(model, res_id)`` of ``targets`` once; return the chatter messages.
+    @api.model
+    def _exchange_post_batch(self, user, posts):
+        """Post each ``(parsed, targets, author)`` of ``posts`` once per document; their messages, in order.
 
-        A document that already has this Message-ID (another user had the same mail, or a run is
-        repeated) only gets this user added to the message's ``exchange_user_ids``. The message is
-        created directly, like the gateway's own log helpers do: no notification, no mail.mail, no
-        follower subscription.
+        ``targets`` are ``(model, res_id)`` pairs. A document that already has the mail's
+        Message-ID (another user had the same mail, a run is repeated, or the batch holds it
+        twice) only gets ``user`` added to the message's ``exchange_user_ids``; a mail that Odoo
+        itself sent (its Message-ID is on messages none of which was imported) is not posted
+        again. The new messages are created in one go, directly, as the gateway's own log
+        helpers do: no notification, no mail.mail, no follower subscription.
         """
-        self.ensure_one()
-        user = self.user_id
-        key = parsed["message_id"]
-        Message = self.env["mail.message"].sudo()
-        existing = Message.search([("message_id", "=", key)])
-        if existing and not existing.filtered("exchange_user_ids"):
-            # Odoo itself sent this mail: it is on its document already.
-            existing.write({"exchange_user_ids": [(4, user.id)]})
-            return existing
-        stored = {(m.model, m.res_id): m for m in existing}
-        messages = Message.browse()
-        for model, res_id in targets:
-            message = stored.get((model, res_id))
-            if message:
-                if user not in message.exchange_user_ids:
-                    message.write({"exchange_user_ids": [(4, user.id)]})
-                messages |= message
+        Message = self.env["mail.message"].sudo().with_context(clean_context(self.env.context))
+        keys = {parsed["message_id"] for parsed, _targets, _author in posts}
+        stored = defaultdict(dict)
+        for message in Message.search([("message_id", "in", list(keys))]):
+            stored[message.message_id][(message.model, message.res_id)] = message
+        sent_by_odoo = {
+            key for key, by_document in stored.items()
+            if not any(message.exchange_user_ids for message in by_document.values())
+        }
+        values_list, planned = [], []
+        for parsed, targets, author in posts:
+            key = parsed["message_id"]
+            by_document = stored[key]
+            if key in sent_by_odoo:
+                planned.append(list(by_document.values()))
                 continue
-            messages |= self._exchange_create_message(parsed, model, res_id, author)
-        return messages
+            refs = []
+            for model, res_id in targets:
+                found = by_document.get((model, res_id))
+                if found is None:
+                    found = len(values_list)
+                    values_list.append(self._exchange_message_values(user, parsed, model, res_id, author))
+                    by_document[(model, res_id)] = found
+                refs.append(found)
+            planned.append(refs)
+        created = Message.create(values_list) if values_list else Message
+        results, existing = [], Message
+        for refs in planned:
+            messages = Message.browse([created[ref].id if isinstance(ref, int) else ref.id for ref in refs])
+            existing |= messages.filtered(lambda message: user not in message.exchange_user_ids)
+            results.append(messages)
+        if existing:
+            existing.write({"exchange_user_ids": [(4, user.id)]})
+        return results
 
-    def _exchange_create_message(self, parsed, model, res_id, author):
+    @api.model
+    def _exchange_message_values(self, user, parsed, model, res_id, author):
+        """The values of the chatter message of a parsed mail on one document (attachments created)."""
         body, removed = strip_remote_content(parsed.get("body") or "")
         body = Markup(body) if body else Markup()
         notes = []
         if removed:
             notes.append(self.env._(
                 "%(count)s remote images or references (trackers) were removed.", count=removed))
-        limit = self._exchange_attachment_limit()
+        limit = self._exchange_attachment_limit(user)
         attachments = []
         for attachment in parsed.get("attachments") or []:
             content = attachment.content
@@ -184,50 +205,30 @@ class ExchangeMail(models.Model):
             "email_from": parsed.get("email_from") or False,
             "subject": parsed.get("subject") or False,
             "body": body,
-            "date": parsed.get("date") or self.date or fields.Datetime.now(),
+            "date": parsed.get("date") or fields.Datetime.now(),
             "message_id": parsed["message_id"],
             "incoming_email_to": parsed.get("to") or False,
             "incoming_email_cc": parsed.get("cc") or False,
             "email_add_signature": False,
             "reply_to": False,
+            "exchange_user_ids": [(4, user.id)],
         }
         if attachments:
             # Creates the attachments on the document and points the body's cid: images at them.
             thread = self.env["mail.thread"].sudo()
             values.update(thread._process_attachments_for_post(attachments, [], values))
-        values["exchange_user_ids"] = [(4, self.user_id.id)]
-        # No default_* keys of the caller's context may reach the message (as in _message_create).
-        return self.env["mail.message"].sudo().with_context(clean_context(self.env.context)).create(values)
+        return values
 
-    def _exchange_mark_posted(self, messages, partners=None):
-        """Record the outcome of a post; the MIME is no longer needed."""
+    @api.model
+    def _exchange_posted_values(self, user, messages, partners=None):
+        """The values of a mail once posted as ``messages``; its MIME is no longer needed."""
         values = {"state": "posted", "message_ids": [(6, 0, messages.ids)], "mime": False, "reason": False,
                   "pending_addresses": False}
         if partners is not None:
             values["partner_ids"] = [(6, 0, partners.ids)]
-        if self.user_id.exchange_delete_after_import:
+        if user.exchange_delete_after_import:
             values["delete_pending"] = True
-        self.write(values)
-
-    def _exchange_mark_ignored(self, reason):
-        values = {"state": "ignored", "reason": reason, "mime": False}
-        if self.user_id.exchange_delete_after_import:
-            values["delete_pending"] = True
-        self.write(values)
-
-    def _exchange_failed(self, mime, error, run):
-        """Record a failed import: retried by the next runs, parked at the third failure."""
-        self.ensure_one()
-        tries = self.tries + 1
-        reason = f"{type(error).__name__}: {error}"[:2000]
-        values = {"tries": tries, "reason": reason, "run_id": run.id,
-                  "state": "parked" if tries >= MAX_TRIES else "failed"}
-        if mime and not self.mime:
-            values["mime"] = base64.b64encode(mime)
-        self.write(values)
-        run._count(failed=1)
-        _logger.warning("Exchange mail %s of user %s not imported (try %s): %s",
-                        self.message_key or self.id, self.user_id.login, tries, reason)
+        return values
 
     def _exchange_pending_addresses(self):
         return [address.strip() for address in (self.pending_addresses or "").split(",") if address.strip()]
@@ -243,8 +244,9 @@ class ExchangeMail(models.Model):
             author = partners.filtered(lambda partner: partner.email_normalized == sender)[:1]
             if not author and len(partners) == 1:
                 author = partners
-        messages = self._exchange_post(parsed, [("res.partner", partner.id) for partner in partners], author)
-        self._exchange_mark_posted(messages, partners)
+        targets = [("res.partner", partner.id) for partner in partners]
+        messages = self._exchange_post_batch(self.user_id, [(parsed, targets, author)])[0]
+        self.write(self._exchange_posted_values(self.user_id, messages, partners))
 
     # -- user actions ---------------------------------------------------------
 

@@ -1,11 +1,15 @@
 import base64
 import logging
+from dataclasses import dataclass
+from typing import Optional
 
 from odoo import models
 
 from ..services import ExchangeError
 from ..services.addresses import parse_address_header
+from ..services.backend import RemoteMessage
 from ..services.errors import ItemNotFound
+from .exchange_mail import MAX_TRIES
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +34,17 @@ def fetch_chunks(items):
         size += item_size
     if chunk:
         yield chunk
+
+
+@dataclass
+class MailToImport:
+    """One mail on its way in: a new mailbox item, or a known ``exchange.mail`` tried again."""
+
+    folder_kind: str
+    source: object  # MIME bytes, or the ExchangeError met fetching it
+    item: Optional[RemoteMessage] = None
+    mail: object = None  # exchange.mail
+    parsed: Optional[dict] = None
 
 
 class ExchangeMailbox(models.Model):
@@ -75,25 +90,15 @@ class ExchangeMailbox(models.Model):
             to_delete.filtered(lambda mail: not mail.delete_pending).write({"delete_pending": True})
         skipped = len(items) - len(fresh)
         for chunk in fetch_chunks(fresh):
-            mimes = backend.get_mimes([item.id for item in chunk])
-            entries = []
-            failures = []
+            sources = backend.get_mimes([item.id for item in chunk])
+            batch = []
             for item in chunk:
-                mime = mimes.get(item.id)
-                if mime is None or isinstance(mime, ItemNotFound):
+                source = sources.get(item.id)
+                if source is None or isinstance(source, ItemNotFound):
                     skipped += 1  # gone meanwhile: the listing reports it removed
                     continue
-                entries.append((item, mime))
-            mails = self._exchange_new_mails(folder_kind, [item for item, _mime in entries], run)
-            pairs = []
-            for (_item, mime), mail in zip(entries, mails, strict=True):
-                if isinstance(mime, ExchangeError):
-                    failures.append((mail, None, mime))
-                else:
-                    pairs.append((mail, mime))
-            for mail, mime, error in failures:
-                mail._exchange_failed(mime, error, run)
-            self._exchange_import_mails(pairs, run)
+                batch.append(MailToImport(folder_kind, source, item=item))
+            self._exchange_import_mails(batch, run)
         if skipped:
             run._count(skipped=skipped)
 
@@ -111,28 +116,6 @@ class ExchangeMailbox(models.Model):
         by_id = {mail.id: mail for mail in mails}
         return {b.remote_id: by_id[b.res_id] for b in bindings if b.res_id in by_id}
 
-    def _exchange_new_mails(self, folder_kind, items, run):
-        """Create the records of new mailbox items, bound to their remote ids, in two creates."""
-        if not items:
-            return self.env["exchange.mail"].sudo()
-        user = self.user_id
-        mails = self.env["exchange.mail"].sudo().create([{
-            "user_id": user.id,
-            "folder_kind": folder_kind,
-            "state": "failed",  # until it is imported: a crash in between leaves it to the retries
-            "run_id": run.id,
-            "message_key": item.internet_message_id or False,
-            "subject": (item.subject or "")[:1000],
-            "email_from": item.from_.address if item.from_ else False,
-            "date": item.sent.replace(tzinfo=None) if item.sent else False,
-        } for item in items])
-        self.env["exchange.binding"].sudo().create([{
-            "user_id": user.id, "kind": "message", "res_model": "exchange.mail", "res_id": mail.id,
-            "remote_id": item.id, "change_key": item.change_key or False,
-            "remote_uid": item.internet_message_id or False,
-        } for item, mail in zip(items, mails, strict=True)])
-        return mails
-
     def _exchange_remote_ids(self, mails):
         bindings = self.env["exchange.binding"].sudo().search([
             ("user_id", "=", self.user_id.id), ("kind", "=", "message"),
@@ -142,44 +125,116 @@ class ExchangeMailbox(models.Model):
 
     # -- import -------------------------------------------------------------------
 
-    def _exchange_import_mails(self, pairs, run):
-        """Parse, route and post ``[(exchange.mail, mime bytes)]``; each mail's failure is its own.
+    def _exchange_import_mails(self, batch, run):
+        """Parse, route, post and record the :class:`MailToImport` of ``batch``.
 
-        Lookups are made once for all the mails (thread references, partner addresses, the
-        company's own addresses); each mail is then stored in a savepoint, so that a bad one is
-        recorded as failed while the others are kept.
+        The lookups are made once for the batch (thread references, Message-IDs, partner
+        addresses, the company's own addresses) and the chatter messages created in one go.
+        A mail that cannot be read is recorded as failed; when storing the batch fails, it is
+        stored again mail by mail, so that a bad mail fails alone while the others are kept.
         """
         Mail = self.env["exchange.mail"].sudo()
-        parsed_mails = []
-        for mail, mime in pairs:
-            try:
-                parsed = Mail._exchange_parse(mime)
-            except Exception as error:  # noqa: BLE001 - any unreadable mail is one failed mail
-                mail._exchange_failed(mime, error, run)
+        outcomes = []
+        readable = []
+        for entry in batch:
+            if isinstance(entry.source, ExchangeError):
+                outcomes.append((entry, self._exchange_failure(entry, entry.source)))
                 continue
-            mail.write(dict(Mail._exchange_envelope(parsed), run_id=run.id))
-            parsed_mails.append((mail, mime, parsed))
-        if not parsed_mails:
-            return
-        parents = self._exchange_thread_parents(
-            {reference for _mail, _mime, parsed in parsed_mails for reference in parsed["thread_references"]})
-        company = self.env["res.partner"]._exchange_company_addresses()
-        addresses = set()
-        for mail, _mime, parsed in parsed_mails:
-            addresses.update(parsed["from_addresses"][:1])
-            if mail.folder_kind == "out":
-                addresses.update(parsed["recipient_addresses"])
-        matches = self.env["res.partner"].sudo()._exchange_match_addresses(addresses - company, self.user_id)
-        counts = {"created": 0, "skipped": 0}
-        for mail, mime, parsed in parsed_mails:
+            try:
+                entry.parsed = Mail._exchange_parse(entry.source)
+            except Exception as error:  # noqa: BLE001 - any unreadable mail is one failed mail
+                outcomes.append((entry, self._exchange_failure(entry, error)))
+                continue
+            readable.append(entry)
+        if readable:
             try:
                 with self.env.cr.savepoint():
-                    outcome = self._exchange_route(mail, mime, parsed, parents, matches, company)
+                    outcomes += self._exchange_route_batch(readable)
             except Exception as error:  # noqa: BLE001 - one bad mail never stops the others
-                mail._exchange_failed(mime, error, run)
+                if len(readable) == 1:
+                    outcomes.append((readable[0], self._exchange_failure(readable[0], error)))
+                else:
+                    for entry in readable:
+                        try:
+                            with self.env.cr.savepoint():
+                                outcomes += self._exchange_route_batch([entry])
+                        except Exception as single_error:  # noqa: BLE001 - recorded on the mail
+                            outcomes.append((entry, self._exchange_failure(entry, single_error)))
+        self._exchange_record_outcomes(outcomes, run)
+
+    def _exchange_failure(self, entry, error):
+        """The values of a failed try: retried by the next runs, parked at the third failure."""
+        tries = (entry.mail.tries if entry.mail else 0) + 1
+        values = {
+            "state": "parked" if tries >= MAX_TRIES else "failed",
+            "tries": tries,
+            "reason": f"{type(error).__name__}: {error}"[:2000],
+        }
+        if isinstance(entry.source, bytes) and not (entry.mail and entry.mail.mime):
+            values["mime"] = base64.b64encode(entry.source)
+        _logger.warning("Exchange mail %s of user %s not imported (try %s): %s",
+                        entry.item.internet_message_id if entry.item else entry.mail.message_key,
+                        self.user_id.login, tries, values["reason"])
+        return values
+
+    def _exchange_record_outcomes(self, outcomes, run):
+        """Create the records of the new mails (bound to their remote ids) and update the known ones."""
+        user = self.user_id
+        Mail = self.env["exchange.mail"].sudo()
+        counts = {"created": 0, "skipped": 0, "failed": 0}
+        new = []
+        for entry, values in outcomes:
+            values = dict(values, run_id=run.id)
+            if entry.parsed is not None:
+                values = dict(Mail._exchange_envelope(entry.parsed), **values)
+            if values["state"] == "posted":
+                counts["created"] += 1
+            elif values["state"] in ("failed", "parked"):
+                counts["failed"] += 1
+            else:
+                counts["skipped"] += 1
+            if entry.mail:
+                entry.mail.write(values)
                 continue
-            counts["created" if outcome == "posted" else "skipped"] += 1
-        run._count(**counts)
+            item = entry.item
+            values.setdefault("message_key", item.internet_message_id or False)
+            values.setdefault("subject", (item.subject or "")[:1000])
+            values.setdefault("email_from", item.from_.address if item.from_ else False)
+            values.setdefault("date", item.sent.replace(tzinfo=None) if item.sent else False)
+            new.append((item, dict(values, user_id=user.id, folder_kind=entry.folder_kind)))
+        if new:
+            mails = Mail.create([values for _item, values in new])
+            self.env["exchange.binding"].sudo().create([{
+                "user_id": user.id, "kind": "message", "res_model": "exchange.mail", "res_id": mail.id,
+                "remote_id": item.id, "change_key": item.change_key or False,
+                "remote_uid": item.internet_message_id or False,
+            } for (item, _values), mail in zip(new, mails, strict=True)])
+        run._count(**{name: count for name, count in counts.items() if count})
+
+    def _exchange_route_batch(self, entries):
+        """Route the parsed ``entries``, post those that have a place; ``[(entry, exchange.mail values)]``."""
+        Mail = self.env["exchange.mail"].sudo()
+        user = self.user_id
+        references = {reference for entry in entries for reference in entry.parsed["thread_references"]}
+        parents = self._exchange_thread_parents(references)
+        company = self.env["res.partner"]._exchange_company_addresses()
+        addresses = set()
+        for entry in entries:
+            addresses.update(entry.parsed["from_addresses"][:1])
+            if entry.folder_kind == "out":
+                addresses.update(entry.parsed["recipient_addresses"])
+        matches = self.env["res.partner"].sudo()._exchange_match_addresses(addresses - company, user)
+        outcomes, posts = [], []
+        for entry in entries:
+            values, post = self._exchange_route(entry, parents, matches, company)
+            outcomes.append((entry, values))
+            if post:
+                posts.append((entry, values, post))
+        messages = Mail._exchange_post_batch(
+            user, [(entry.parsed, targets, author) for entry, _values, (targets, author, _partners) in posts])
+        for (_entry, values, (_targets, _author, partners)), posted in zip(posts, messages, strict=True):
+            values.update(Mail._exchange_posted_values(user, posted, partners))
+        return outcomes
 
     def _exchange_thread_parents(self, references):
         """``{Message-ID: mail.message}`` of the messages of Odoo documents among ``references``."""
@@ -193,12 +248,18 @@ class ExchangeMailbox(models.Model):
             parents.setdefault(message.message_id, message)
         return parents
 
-    def _exchange_route(self, mail, mime, parsed, parents, matches, company):
-        """Post ``mail`` where it belongs, queue it, or ignore it; return its new state."""
+    def _exchange_route(self, entry, parents, matches, company):
+        """Where the mail goes: ``(values, post)`` with ``post`` = ``(targets, author, partners)`` or None.
+
+        A reply to a message of an Odoo document goes to that document; otherwise the partners
+        are the sender's (incoming folder) or the recipients' (outgoing folder). Uncertain
+        partners make the mail wait in the queue; no partner at all has it ignored.
+        """
         user = self.user_id
+        parsed = entry.parsed
         empty = self.env["res.partner"].sudo()
         sender = next(iter(parsed["from_addresses"]), None)
-        if mail.folder_kind == "out":
+        if entry.folder_kind == "out":
             author = user.partner_id
         else:
             author = matches.get(sender, empty) if sender else empty
@@ -206,21 +267,18 @@ class ExchangeMailbox(models.Model):
         for reference in parsed["thread_references"]:
             parent = parents.get(reference)
             if parent and self.env[parent.model].sudo().browse(parent.res_id).exists():
-                messages = mail._exchange_post(parsed, [(parent.model, parent.res_id)], author)
-                mail._exchange_mark_posted(messages)
-                return "posted"
-        if mail.folder_kind == "in":
+                return {}, ([(parent.model, parent.res_id)], author, None)
+        if entry.folder_kind == "in":
             concerned = [sender] if sender else []
         else:
             concerned = parsed["recipient_addresses"]
         concerned = [address for address in concerned if address not in company]
         if not concerned:
-            if mail.folder_kind == "in" and not sender:
+            if entry.folder_kind == "in" and not sender:
                 reason = self.env._("The mail has no sender address (From).")
             else:
                 reason = self.env._("The mail concerns only the company's own addresses.")
-            mail._exchange_mark_ignored(reason)
-            return "ignored"
+            return self._exchange_ignored_values(reason), None
         certain, ambiguous, unknown = empty, [], []
         for address in concerned:
             partners = matches.get(address, empty)
@@ -246,18 +304,23 @@ class ExchangeMailbox(models.Model):
                     "Several partners have %(addresses)s.", addresses=", ".join(ambiguous)))
             if unknown:
                 reasons.append(self.env._("No partner has %(addresses)s.", addresses=", ".join(unknown)))
-            mail.write({
-                "state": "queued", "reason": " ".join(reasons), "mime": base64.b64encode(mime),
-                "pending_addresses": ", ".join(concerned), "partner_ids": [(6, 0, certain.ids)],
-            })
-            return "queued"
+            values = {
+                "state": "queued", "reason": " ".join(reasons), "pending_addresses": ", ".join(concerned),
+                "partner_ids": [(6, 0, certain.ids)],
+            }
+            if not (entry.mail and entry.mail.mime):
+                values["mime"] = base64.b64encode(entry.source)
+            return values, None
         if not certain:
-            mail._exchange_mark_ignored(self.env._(
-                "No partner has %(addresses)s.", addresses=", ".join(concerned)))
-            return "ignored"
-        messages = mail._exchange_post(parsed, [("res.partner", partner.id) for partner in certain], author)
-        mail._exchange_mark_posted(messages, certain)
-        return "posted"
+            return self._exchange_ignored_values(self.env._(
+                "No partner has %(addresses)s.", addresses=", ".join(concerned))), None
+        return {}, ([("res.partner", partner.id) for partner in certain], author, certain)
+
+    def _exchange_ignored_values(self, reason):
+        values = {"state": "ignored", "reason": reason, "mime": False}
+        if self.user_id.exchange_delete_after_import:
+            values["delete_pending"] = True
+        return values
 
     def _exchange_create_partners(self, addresses, parsed):
         """New partners for unknown ``addresses``, under the company partner of their domain if one exists."""
@@ -294,20 +357,15 @@ class ExchangeMailbox(models.Model):
         remote_ids = self._exchange_remote_ids(missing)
         fetched = backend.get_mimes(list(remote_ids.values())) if remote_ids else {}
         with self._exchange_page():
-            pairs = []
+            batch = []
             for mail in failed:
-                if mail.mime:
-                    pairs.append((mail, mail._exchange_source()))
-                    continue
-                mime = fetched.get(remote_ids.get(mail.id))
-                if isinstance(mime, bytes):
-                    pairs.append((mail, mime))
-                elif isinstance(mime, ItemNotFound) or mime is None:
+                source = mail._exchange_source() if mail.mime else fetched.get(remote_ids.get(mail.id))
+                if source is None or isinstance(source, ItemNotFound):
                     mail.write({"state": "parked", "reason": self.env._(
                         "The mail left the transfer folder before it could be imported.")})
-                else:
-                    mail._exchange_failed(None, mime, run)
-            self._exchange_import_mails(pairs, run)
+                    continue
+                batch.append(MailToImport(mail.folder_kind, source, mail=mail))
+            self._exchange_import_mails(batch, run)
 
     def _exchange_delete_imported(self, backend):
         """Remove from the transfer folders the mails whose import is committed (delete after import)."""

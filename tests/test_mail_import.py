@@ -8,7 +8,7 @@ from odoo.tools import mute_logger
 
 from .common import ExchangeTenantMixin
 
-IMPORT_LOGGER = "odoo.addons.exchange_connector.models.exchange_mail"
+IMPORT_LOGGER = "odoo.addons.exchange_connector.models.exchange_mail_import"
 ADDON = Path(__file__).resolve().parent.parent
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
@@ -333,14 +333,14 @@ class TestMailImport(MailImportMixin, TransactionCase):
         self.drop(remote, mime("Fine", "rita@customer.test", remote.email, "<fine@customer.test>"))
         self.drop(remote, mime("Poison", "rita@customer.test", remote.email, "<poison@customer.test>"))
         mail_class = type(self.env["exchange.mail"])
-        create_message = mail_class._exchange_create_message
+        message_values = mail_class._exchange_message_values
 
-        def fail_on_poison(mail, parsed, model, res_id, author):
+        def fail_on_poison(mail, user, parsed, model, res_id, author):
             if parsed["subject"] == "Poison":
                 raise ValueError("cannot store this one")
-            return create_message(mail, parsed, model, res_id, author)
+            return message_values(mail, user, parsed, model, res_id, author)
 
-        with patch.object(mail_class, "_exchange_create_message", fail_on_poison):
+        with patch.object(mail_class, "_exchange_message_values", fail_on_poison):
             first = self.sync_mails(user)
             self.assertEqual((first.count_created, first.count_failed), (1, 1))
             poison = self.mails_of(user, message_key="<poison@customer.test>")

@@ -12,7 +12,7 @@ from .test_mail_import import MailImportMixin, mime
 
 MAILS = 45
 PAGE_SIZE = 10
-#: The worker kills itself (SIGKILL) after creating this many chatter messages: in the middle of
+#: The worker kills itself (SIGKILL) after preparing this many chatter messages: in the middle of
 #: the third page, two pages being committed, with delete-after-import on.
 KILL_AT = 25
 
@@ -27,15 +27,15 @@ def small_pages(backend, *args, **kwargs):
 EwsBackend.__init__ = small_pages
 
 Mail = type(env["exchange.mail"])
-create_message = Mail._exchange_create_message
-created = [0]
-def create_then_die(mail, *args):
-    message = create_message(mail, *args)
-    created[0] += 1
-    if created[0] == {kill_at}:
+message_values = Mail._exchange_message_values
+prepared = [0]
+def prepare_then_die(mail, *args):
+    values = message_values(mail, *args)
+    prepared[0] += 1
+    if prepared[0] == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)
-    return message
-Mail._exchange_create_message = create_then_die
+    return values
+Mail._exchange_message_values = prepare_then_die
 
 env["exchange.mailbox"].browse({mailbox_id})._exchange_sync()
 print("NOT KILLED")
