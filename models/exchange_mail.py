@@ -1,7 +1,6 @@
 import base64
 import email
 import email.policy
-import logging
 from collections import defaultdict
 
 from markupsafe import Markup, escape
@@ -17,8 +16,6 @@ from ..services.mail_content import (
     strip_remote_content,
     thread_references,
 )
-
-_logger = logging.getLogger(__name__)
 
 MAIL_STATES = [
     ("queued", "Waiting for a partner"),

@@ -374,7 +374,11 @@ class ExchangeMailbox(models.Model):
         ])
         if not mails:
             return
-        for remote_id in self._exchange_remote_ids(mails).values():
-            backend.delete_message(remote_id)
+        remote_ids = self._exchange_remote_ids(mails)
+        results = backend.delete_messages(list(remote_ids.values()))
+        deleted = mails.filtered(lambda mail: results.get(remote_ids.get(mail.id)) is None)
+        for mail in mails - deleted:
+            _logger.warning("Exchange mail %s of user %s not deleted from the transfer folder: %s",
+                            mail.message_key, self.user_id.login, results[remote_ids[mail.id]])
         with self._exchange_page():
-            mails.write({"delete_pending": False})
+            deleted.write({"delete_pending": False})

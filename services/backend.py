@@ -336,6 +336,25 @@ class MailboxBackend(abc.ABC):
     def delete_message(self, message_id: str, hard: bool = False) -> None:
         """Delete a message: to Deleted Items, or for good when ``hard``; a missing message is no error."""
 
+    def delete_messages(
+        self, message_ids: List[str], hard: bool = False
+    ) -> Dict[str, Optional[ExchangeError]]:
+        """Delete many messages in as few requests as the protocol allows: ``{id: None | error}``.
+
+        A message already gone counts as deleted (None); errors that concern the whole mailbox
+        are raised as usual.
+        """
+        result = {}
+        for message_id in dict.fromkeys(message_ids):
+            try:
+                self.delete_message(message_id, hard=hard)
+                result[message_id] = None
+            except ExchangeError as error:
+                if isinstance(error, MAILBOX_WIDE_ERRORS):
+                    raise
+                result[message_id] = error
+        return result
+
     @abc.abstractmethod
     def sync_events(self, window_start, window_end, state: Optional[str]) -> Iterator[SyncPage]:
         """List the calendar entries in [window_start, window_end) incrementally.

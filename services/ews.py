@@ -769,6 +769,28 @@ class EwsBackend(MailboxBackend):
         ):
             raise _translate(result[0])
 
+    def delete_messages(self, message_ids, hard=False):
+        """Delete messages with one DeleteItem per ``MIME_BATCH`` ids: ``{id: None | ExchangeError}``."""
+        ids = list(dict.fromkeys(message_ids))
+        results = {}
+        if not ids:
+            return results
+        delete_type = HARD_DELETE if hard else MOVE_TO_DELETED_ITEMS
+        account = self.account
+        for start in range(0, len(ids), MIME_BATCH):
+            self._check_budget()
+            chunk = ids[start : start + MIME_BATCH]
+            answers = self._call(
+                lambda chunk=chunk: account.bulk_delete(
+                    [(item_id, None) for item_id in chunk], delete_type=delete_type, chunk_size=len(chunk)
+                ),
+                "EWS DeleteItem",
+            )
+            for item_id, answer in zip(chunk, answers, strict=False):
+                gone = isinstance(answer, ews_errors.ErrorItemNotFound)
+                results[item_id] = _translate(answer) if isinstance(answer, Exception) and not gone else None
+        return results
+
     # -- calendar -----------------------------------------------------------
 
     def sync_events(self, window_start, window_end, state):

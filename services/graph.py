@@ -256,8 +256,9 @@ def _batch_binary(item):
     return json.dumps(body).encode()
 
 
-def _batch_error(item, status):
+def _batch_error(item):
     """The :class:`ExchangeError` of a failed ``$batch`` item, with Graph's code."""
+    status = item["status"]
     body = item.get("body")
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}
@@ -559,11 +560,38 @@ class GraphBackend(MailboxBackend):
     def get_mimes(self, message_ids):
         """Return ``{id: MIME bytes | ExchangeError}`` with ``$batch`` calls of at most 20 ``$value`` GETs.
 
-        Binary answers come back base64-encoded in the batch.  The items run as
-        ``MIME_CHAINS`` chains (``dependsOn``), so that one batch never takes more than the
-        mailbox's four concurrent requests; an item throttled (429/503) or skipped because its
-        chain broke (424) is asked again in a later batch, a missing one maps to
+        Binary answers come back base64-encoded in the batch; a missing message maps to
         :class:`~services.errors.ItemNotFound`.
+        """
+        answers = self._batch_per_message(
+            message_ids, lambda message_id: ("GET", f"/messages/{_url_id(message_id)}/$value")
+        )
+        return {
+            message_id: _batch_binary(item) if 200 <= item["status"] < 300 else _batch_error(item)
+            for message_id, item in answers.items()
+        }
+
+    def delete_messages(self, message_ids, hard=False):
+        """Delete messages with $batch calls of at most 20: ``{id: None | ExchangeError}``, gone = deleted."""
+
+        def request(message_id):
+            if hard:
+                return ("POST", f"/messages/{_url_id(message_id)}/permanentDelete")
+            return ("DELETE", f"/messages/{_url_id(message_id)}")
+
+        answers = self._batch_per_message(message_ids, request)
+        return {
+            message_id: None if 200 <= item["status"] < 300 or item["status"] == 404 else _batch_error(item)
+            for message_id, item in answers.items()
+        }
+
+    def _batch_per_message(self, message_ids, request_for):
+        """Run ``request_for(id) -> (method, path)`` for each id in ``$batch`` calls: ``{id: answer item}``.
+
+        The items of a batch run as ``MIME_CHAINS`` chains (``dependsOn``), so that one batch
+        never takes more than the mailbox's four concurrent requests. An item throttled
+        (429/503), answered by a gateway (502/504, the requests are idempotent) or skipped because
+        its chain broke (424) is sent again in a later batch, within the retry policy.
         """
         results = {}
         attempts = {}
@@ -575,27 +603,25 @@ class GraphBackend(MailboxBackend):
             self._check_budget()
             requests_ = []
             for index, message_id in enumerate(batch):
+                method, path = request_for(message_id)
                 request = {
                     "id": str(index),
-                    "method": "GET",
-                    "url": f"{self.root}/messages/{_url_id(message_id)}/$value",
+                    "method": method,
+                    "url": f"{self.root}{path}",
                     "headers": {"Prefer": 'IdType="ImmutableId"'},
                 }
                 if index >= MIME_CHAINS:
                     request["dependsOn"] = [str(index - MIME_CHAINS)]
                 requests_.append(request)
-            # Only GETs inside: sending the batch again cannot change the mailbox.
+            # Its items are idempotent: sending the batch again cannot do anything twice.
             answer = self._request(
                 "POST", f"{self.graph_url}/$batch", json_body={"requests": requests_}, idempotent=True
             )
             answers = {str(r.get("id")): r for r in answer.get("responses") or []}
             retry, hints = [], []
             for index, message_id in enumerate(batch):
-                item = answers.get(str(index)) or {"status": 424}
-                status = int(item.get("status") or 0)
-                if 200 <= status < 300:
-                    results[message_id] = _batch_binary(item)
-                    continue
+                item = dict(answers.get(str(index)) or {"status": 424})
+                item["status"] = status = int(item.get("status") or 0)
                 attempts[message_id] = attempts.get(message_id, 0) + (status != 424)
                 resendable = status == 424 or status in _NOT_EXECUTED_STATUS or status in _GATEWAY_STATUS
                 if resendable and attempts[message_id] < policy.max_attempts:
@@ -603,17 +629,19 @@ class GraphBackend(MailboxBackend):
                     if status != 424:
                         hints.append(_retry_after(item.get("headers") or {}))
                     continue
-                results[message_id] = _batch_error(item, status)
+                results[message_id] = item
             pending = retry + pending
             if hints:
                 known = [hint for hint in hints if hint is not None]
                 wait = policy.delay(max(attempts[m] for m in retry) - 1, max(known) if known else None)
                 remaining = self.budget.remaining() if self.budget is not None else None
                 if remaining is not None and wait >= remaining:
-                    raise TimeBudgetExceeded("The run's time budget ends before Microsoft sends more mails.")
+                    raise TimeBudgetExceeded(
+                        "The run's time budget ends before Microsoft answers more requests."
+                    )
                 if waited + wait > policy.max_total_wait:
                     raise ThrottledError(
-                        "Microsoft keeps throttling the mail downloads",
+                        "Microsoft keeps throttling the requests",
                         retry_after=wait,
                         code="TooManyRequests",
                     )
