@@ -27,6 +27,7 @@
     "assets": {
         "web.assets_backend": [
             "exchange_connector/static/src/discuss/*",
+            "exchange_connector/static/src/mail_import/*",
         ],
         "web.assets_tests": [
             "exchange_connector/static/tests/tours/*.js",

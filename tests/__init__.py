@@ -11,3 +11,4 @@ from . import test_mail_import
 from . import test_mail_assign
 from . import test_mail_hostile
 from . import test_mail_kill
+from . import test_mail_chatter

@@ -6,6 +6,8 @@ from unittest.mock import patch
 from odoo.tests import TransactionCase, new_test_user, tagged
 from odoo.tools import mute_logger
 
+from odoo.addons.mail.tools.discuss import Store
+
 from .common import ExchangeTenantMixin
 
 IMPORT_LOGGER = "odoo.addons.exchange_connector.models.exchange_mail_import"
@@ -207,6 +209,9 @@ class TestMailImport(MailImportMixin, TransactionCase):
         self.assertEqual(len(stored), 1)
         self.assertEqual(stored.exchange_user_ids, users[0][0] | users[1][0] | users[2][0])
         self.assert_nothing_sent(stored)
+        # The chatter gets whose mailboxes it came from.
+        data = Store().add(stored.with_user(users[0][0])).get_result()["mail.message"][0]
+        self.assertEqual(data["exchange_mailbox_names"], ", ".join(stored.exchange_user_ids.mapped("name")))
 
     def test_mail_odoo_sent_is_not_imported_again(self):
         user, remote = self.connected_user("ews", "sender")
