@@ -9,8 +9,8 @@ class TestImportedMailOnChatter(HttpCase):
         holder = new_test_user(self.env, login="second.holder", name="Second Holder")
         partner = self.env["res.partner"].create({"name": "Figures Inc", "email": "figures@inc.test"})
         parsed = {
-            "message_id": "<figures@inc.test>", "subject": "Quarterly figures", "body": "<p>See the figures</p>",
-            "email_from": "figures@inc.test", "date": "2026-11-02 10:00:00",
+            "message_id": "<figures@inc.test>", "subject": "Quarterly figures",
+            "body": "<p>See the figures</p>", "email_from": "figures@inc.test", "date": "2026-11-02 10:00:00",
         }
         Mail = self.env["exchange.mail"]
         for user in (reader, holder):
