@@ -1,9 +1,10 @@
 import base64
 import logging
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Optional
 
-from odoo import models
+from odoo import fields, models
 
 from ..services import ExchangeError
 from ..services.addresses import parse_address_header
@@ -145,6 +146,10 @@ class ExchangeMailbox(models.Model):
             except Exception as error:  # noqa: BLE001 - any unreadable mail is one failed mail
                 outcomes.append((entry, self._exchange_failure(entry, error)))
                 continue
+            if not entry.parsed.get("date") and entry.item and (entry.item.sent or entry.item.received):
+                # No (readable) Date header: the date Exchange gives the mail is the next best thing.
+                when = (entry.item.sent or entry.item.received).astimezone(timezone.utc).replace(tzinfo=None)
+                entry.parsed["date"] = fields.Datetime.to_string(when)
             readable.append(entry)
         if readable:
             try:
