@@ -62,6 +62,7 @@ class TestMailAssignment(MailImportMixin, TransactionCase):
         on_b = self.messages_on(self.anna_b)
         self.assertEqual(len(on_b), 2)
         self.assertEqual(on_b.author_id, self.anna_b)
+        self.assert_nothing_sent(on_b)
         self.assertFalse(self.messages_on(self.anna_a))
         choice = self.env["exchange.address.choice"].search([("user_id", "=", user.id)])
         self.assertEqual((choice.address, choice.partner_ids), ("anna@dup.test", self.anna_b))

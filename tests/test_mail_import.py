@@ -87,6 +87,11 @@ class MailImportMixin(ExchangeTenantMixin):
         terms += [(key, "=", value) for key, value in domain.items()]
         return self.env["mail.message"].search(terms)
 
+    def assert_nothing_sent(self, messages):
+        self.assertTrue(messages)
+        self.assertFalse(self.env["mail.mail"].search([("mail_message_id", "in", messages.ids)]))
+        self.assertFalse(self.env["mail.notification"].search([("mail_message_id", "in", messages.ids)]))
+
     def mails_of(self, user, **domain):
         return self.env["exchange.mail"].search(
             [("user_id", "=", user.id)] + [(key, "=", value) for key, value in domain.items()])
@@ -112,10 +117,6 @@ class TestMailImport(MailImportMixin, TransactionCase):
         super().setUp()
         self.tenant.knobs.reset()
         self.tenant.request_log.clear()
-
-    def assert_nothing_sent(self, messages):
-        self.assertFalse(self.env["mail.mail"].search([("mail_message_id", "in", messages.ids)]))
-        self.assertFalse(self.env["mail.notification"].search([("mail_message_id", "in", messages.ids)]))
 
     def check_routing(self, kind):
         user, remote = self.connected_user(kind, f"route{kind}")
