@@ -23,6 +23,7 @@
         "views/exchange_mail_views.xml",
         "views/res_config_settings_mail_views.xml",
         "wizard/exchange_assign_partner_views.xml",
+        "views/calendar_event_views.xml",
     ],
     "assets": {
         "web.assets_backend": [

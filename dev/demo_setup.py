@@ -59,6 +59,8 @@ if tenant:
             "exchange_ews_password": mailbox["password"],
             "exchange_ews_auth": "ntlm",
             "exchange_ca_bundle": ca_pem,
+            # Odoo shows the mailbox's times in the zone its owner lives in.
+            "tz": mailbox.get("time_zone") or "UTC",
         }
         if not user:
             user = env["res.users"].create(
@@ -68,13 +70,22 @@ if tenant:
         if user.exchange_account_type == "ews":
             # On-premises mailboxes start syncing once a Test connection succeeded.
             user._exchange_check_connection()
-        logins.append((login, login, mailbox["email"], user.exchange_account_type))
+        logins.append((login, login, mailbox["email"], mailbox["password"], user.exchange_account_type,
+                       user._exchange_mailbox().state))
 env.cr.commit()
 
 print("Demo database ready.")
 print("  Log in as admin / admin (administrator)")
-for login, password, email, kind in logins:
-    protocol = "Microsoft Graph" if kind == "graph" else "EWS"
-    print(f"  or as {login} / {password}  (mailbox {email} via {protocol})")
+for login, password, email, microsoft_password, kind, state in logins:
+    if kind == "graph":
+        print(f"  or as {login} / {password}  (mailbox {email} via Microsoft Graph: click Connect in "
+              f"My Preferences → Office 365 / Exchange, then sign in at Microsoft as {email} / "
+              f"{microsoft_password})")
+    elif state == "connected":
+        print(f"  or as {login} / {password}  (mailbox {email} via EWS, connected with the Exchange "
+              f"password {microsoft_password})")
+    else:
+        print(f"  or as {login} / {password}  (mailbox {email} via EWS, NOT connected: see My "
+              f"Preferences → Office 365 / Exchange; Exchange password {microsoft_password})")
 if not tenant:
     print("  (no local tenant: mailbox settings were not linked)")

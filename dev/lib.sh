@@ -13,6 +13,9 @@ DB_USER=${PGUSER:-$(id -un)}
 export PGPORT=${PGPORT:-5432}
 PG_HOST_ARGS=(${PGHOST:+-h "$PGHOST"} -p "$PGPORT")
 
+# Odoo's own `mail` manifest description is not valid reStructuredText: no docutils noise on install.
+export DOCUTILSCONFIG="$REPO/dev/docutils.conf"
+
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 

@@ -9,3 +9,5 @@ from . import res_company
 from . import mail_message
 from . import exchange_mail
 from . import exchange_mail_import
+from . import calendar_event
+from . import exchange_event_import

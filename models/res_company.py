@@ -19,3 +19,7 @@ class ResCompany(models.Model):
     exchange_attachment_limit_mb = fields.Integer(
         "Largest imported attachment (MB)", default=DEFAULT_ATTACHMENT_LIMIT_MB,
         help="Larger attachments of imported mails are left out; the chatter message says so.")
+    exchange_event_create_partners = fields.Boolean(
+        "Create partners for unknown meeting attendees", default=True,
+        help="When a meeting imported from Outlook has an attendee whose address no contact has, "
+             "create a contact for it. Otherwise that attendee is left out of the Odoo event.")

@@ -43,6 +43,12 @@ class ResConfigSettings(models.TransientModel):
         default=DEFAULT_MIN_SYNC_INTERVAL,
         help="Users cannot sync more often than this: it protects the Odoo server and the mailboxes' "
              "Microsoft request budget.")
+    exchange_event_create_partners = fields.Boolean(
+        related="company_id.exchange_event_create_partners", readonly=False)
+    exchange_unknown_address = fields.Selection(
+        related="company_id.exchange_unknown_address", readonly=False)
+    exchange_attachment_limit_mb = fields.Integer(
+        related="company_id.exchange_attachment_limit_mb", readonly=False)
 
     @api.constrains("exchange_default_sync_interval", "exchange_min_sync_interval")
     def _check_exchange_sync_intervals(self):
@@ -66,12 +72,3 @@ class ResConfigSettings(models.TransientModel):
             name: value for name, value in values.items()
             if name not in self._fields or self._has_field_access(self._fields[name], "read")
         }
-
-
-class ResConfigSettingsMailImport(models.TransientModel):
-    _inherit = "res.config.settings"
-
-    exchange_unknown_address = fields.Selection(
-        related="company_id.exchange_unknown_address", readonly=False)
-    exchange_attachment_limit_mb = fields.Integer(
-        related="company_id.exchange_attachment_limit_mb", readonly=False)

@@ -50,6 +50,7 @@ USER_CREDENTIAL_FAILURES = ("password", "invalid_grant", "no_account", "token")
 
 # The mailbox's connection state, which its user may read too.
 EXCHANGE_STATUS_FIELDS = ["exchange_state", "exchange_connected_email", "exchange_last_error"]
+EXCHANGE_STATUS_FIELDS += ["exchange_outlook_calendar_syncs"]
 
 # Settings a user may read and change on their own record (preferences), although
 # res.users is otherwise writable by administrators only. Secrets that only server code
@@ -73,6 +74,7 @@ EXCHANGE_SELF_FIELDS = [
     "exchange_sync_mails",
     "exchange_sync_events",
     "exchange_sync_contacts",
+    "exchange_event_private",
 ]
 
 
@@ -118,6 +120,11 @@ class ResUsers(models.Model):
     exchange_sync_mails = fields.Boolean("Import mails", default=True)
     exchange_sync_events = fields.Boolean("Import events", default=True)
     exchange_sync_contacts = fields.Boolean("Push subscribed contacts", default=True)
+    exchange_event_private = fields.Selection(
+        [("import", "Import"), ("busy", "Import as Busy"), ("skip", "Skip")],
+        "Private meetings", default="import", required=True,
+        help="What becomes of the meetings marked private in your Outlook calendar: imported as private "
+             "Odoo events, imported as a private \"Busy\" slot without subject or details, or left out.")
     # msal's serialized token cache (refresh token included): server code reads it with sudo().
     exchange_token_cache = fields.Text(copy=False, groups="base.group_system")
     # The mailbox's connection state, kept on exchange.mailbox, shown on the user.
@@ -125,6 +132,8 @@ class ResUsers(models.Model):
         MAILBOX_STATES, string="Mailbox connection", compute="_compute_exchange_status")
     exchange_connected_email = fields.Char("Connected mailbox", compute="_compute_exchange_status")
     exchange_last_error = fields.Text("Last sync error", compute="_compute_exchange_status")
+    exchange_outlook_calendar_syncs = fields.Boolean(
+        "Odoo's Outlook Calendar syncs", compute="_compute_exchange_outlook_calendar_syncs")
 
     @property
     def SELF_READABLE_FIELDS(self):
@@ -211,7 +220,11 @@ class ResUsers(models.Model):
 
     def write(self, vals):
         switched = self._exchange_switches_mailbox(vals)
+        private_changed = self.filtered(lambda user: user.exchange_account_type and vals.get(
+            "exchange_event_private", user.exchange_event_private) != user.exchange_event_private)
         res = super().write(vals)
+        for user in private_changed - switched:
+            user._exchange_mailbox()._exchange_restart_events()
         for user in switched:
             # Another mailbox (or protocol): the saved sync states and the connection belong to the
             # old one. The mailbox record is created here at the latest, not by a later request.
@@ -759,3 +772,20 @@ class ResUsers(models.Model):
             "last_sync": fields.Datetime.to_string(last_sync) if last_sync else False,
             "last_error": mailbox.last_error or False,
         }
+
+    def _compute_exchange_outlook_calendar_syncs(self):
+        for user in self:
+            user.exchange_outlook_calendar_syncs = user._exchange_outlook_calendar_syncs()
+
+    def _exchange_outlook_calendar_syncs(self):
+        """Odoo's Outlook Calendar (``microsoft_calendar``) is installed and syncing this user's calendar.
+
+        It then brings the user's meetings itself: the event import leaves them to it rather than
+        make a second copy of each (the preferences say so).
+        """
+        self.ensure_one()
+        user = self.sudo()
+        if not hasattr(user, "_microsoft_calendar_authenticated"):
+            return False
+        # Its status says "active" for users who never connected it: only a token means it syncs.
+        return user._microsoft_calendar_authenticated() and user._get_microsoft_sync_status() == "sync_active"

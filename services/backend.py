@@ -102,8 +102,10 @@ class RemoteEvent:
     """One calendar entry as seen in a window: a single event, an occurrence or exception of a series.
 
     ``type`` is "single", "occurrence", "exception" or "series_master".
-    Occurrences of one series share ``ical_uid``; ``series_master_id`` is
-    set by Graph only (an EWS CalendarView does not name the master).
+    ``ical_uid`` of an occurrence is the series' (EWS, some Graph mailboxes)
+    or its own (Graph as documented): never group occurrences by it.
+    ``series_master_id`` is set by Graph only (an EWS CalendarView does not
+    name the master).
     ``start``/``end`` are aware UTC datetimes.  ``recurrence`` is None or a
     plain dict ``{"type": "daily"|"weekly"|"absoluteMonthly"|..., "interval": int,
     "days_of_week": [...], "range_type": "endDate"|"noEnd"|"numbered",
@@ -128,6 +130,15 @@ class RemoteEvent:
     categories: List[str] = field(default_factory=list)
     change_key: Optional[str] = None
     recurrence: Optional[dict] = None
+    #: The start the occurrence or exception has in its series' pattern (aware UTC), whatever it
+    #: was moved to: with ``ical_uid`` it names the same occurrence in every mailbox (Graph
+    #: ``originalStart``, EWS ``OriginalStart``/``RecurrenceId``). None for single events.
+    original_start: Optional[object] = None
+    online_meeting_url: str = ""
+    #: Minutes before the start at which the mailbox's owner is reminded; None: no reminder.
+    reminder_minutes: Optional[int] = None
+    #: The mailbox owner's own response, in the vocabulary of :class:`RemoteAttendee`.
+    my_response: str = "none"
 
 
 @dataclass

@@ -117,6 +117,10 @@ EVENT_FIELDS = [
     "is_cancelled",
     "categories",
     "recurrence",
+    "original_start",
+    "my_response_type",
+    "reminder_is_set",
+    "reminder_minutes_before_start",
 ]
 #: Exchange refuses a SyncFolderItems MaxChangesReturned above 512.
 MAX_SYNC_CHANGES = 512
@@ -326,6 +330,9 @@ def event_from_ews(item):
         categories=list(item.categories or []),
         change_key=item.changekey,
         recurrence=_recurrence_from_ews(item.recurrence),
+        original_start=_utc(item.original_start) if item.type in ("Occurrence", "Exception") else None,
+        reminder_minutes=item.reminder_minutes_before_start if item.reminder_is_set else None,
+        my_response=_RESPONSES.get((item.my_response_type or "").lower(), "none"),
     )
 
 

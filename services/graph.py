@@ -218,6 +218,13 @@ def event_from_graph(node):
         categories=list(node.get("categories") or []),
         change_key=node.get("changeKey"),
         recurrence=_recurrence_from_graph(node.get("recurrence")),
+        original_start=parse_graph_datetime(node.get("originalStart")),
+        online_meeting_url=(
+            node.get("onlineMeetingUrl") or (node.get("onlineMeeting") or {}).get("joinUrl") or ""
+        ),
+        reminder_minutes=node.get("reminderMinutesBeforeStart") if node.get("isReminderOn") else None,
+        my_response=_ATTENDEE_RESPONSES.get(
+            ((node.get("responseStatus") or {}).get("response") or "none").lower(), "none"),
     )
 
 

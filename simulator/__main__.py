@@ -33,6 +33,13 @@ def main(argv=None):
     parser.add_argument(
         "--state-dir", default=None, help="where ca.pem and tenant.json go (default: a temp dir)"
     )
+    parser.add_argument(
+        "--redirect-uri",
+        action="append",
+        default=[],
+        help="also accept this redirect URI for every app of the scenario (repeatable): the address "
+        "the Odoo in front of this tenant really runs on",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -50,6 +57,8 @@ def main(argv=None):
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="exchange-tenant-")
     os.makedirs(state_dir, exist_ok=True)
     tenant = Tenant.start(scenario=args.scenario or None, host=args.host, port=args.port, state_dir=state_dir)
+    for app in tenant.apps.values():
+        app.redirect_uris.extend(uri for uri in args.redirect_uri if uri not in app.redirect_uris)
     info = tenant.info()
     with open(os.path.join(state_dir, "tenant.json"), "w", encoding="utf-8") as handle:
         json.dump(info, handle, indent=2)

@@ -49,6 +49,7 @@ from .ews_xml import (
     xml_bool,
 )
 from .knobs import Refused
+from .store import is_well_formed_id
 
 _logger = logging.getLogger(__name__)
 
@@ -262,12 +263,8 @@ class EwsApp:
     @staticmethod
     def check_id_format(value):
         """Raise ErrorInvalidIdMalformed for strings that cannot be EWS ids."""
-        if not value or len(value) < 16:
+        if not is_well_formed_id(value):
             raise EwsError("ErrorInvalidIdMalformed", "Id is malformed.")
-        try:
-            base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        except (binascii.Error, ValueError):
-            raise EwsError("ErrorInvalidIdMalformed", "Id is malformed.") from None
 
     def resolve_folder(self, mailbox, folder_id_elem):
         """Store Folder (or the string "root") for a t:FolderId / t:DistinguishedFolderId element."""
@@ -570,9 +567,11 @@ class EwsApp:
         return root
 
     # -- SyncFolderItems
-    def _encode_sync_state(self, mailbox, folder, seq):
+    def _encode_sync_state(self, mailbox, folder, position):
+        base, upper, cursor = position
         payload = json.dumps(
-            {"m": mailbox.id, "f": folder.id, "s": seq, "t": time.time()}, separators=(",", ":")
+            {"m": mailbox.id, "f": folder.id, "b": base, "u": upper, "c": cursor, "t": time.time()},
+            separators=(",", ":"),
         ).encode()
         signature = hmac.new(self._sync_secret, payload, hashlib.sha256).digest()[:16]
         return base64.b64encode(signature + payload).decode("ascii")
@@ -586,7 +585,8 @@ class EwsApp:
             ):
                 raise ValueError("bad signature")
             state = json.loads(payload)
-        except (ValueError, binascii.Error):
+            position = (int(state["b"]), state["u"], int(state["c"]))
+        except (ValueError, binascii.Error, KeyError, TypeError):
             raise EwsError(
                 "ErrorInvalidSyncStateData", "Synchronization state data is corrupt or otherwise invalid."
             ) from None
@@ -598,13 +598,16 @@ class EwsApp:
             raise EwsError(
                 "ErrorInvalidSyncStateData", "Synchronization state data is corrupt or otherwise invalid."
             )
-        return int(state["s"])
+        return position
 
     def sync_folder_items(self, ctx, op):
         """SyncFolderItems: changes since the SyncState's sequence number, MaxChangesReturned per call.
 
-        The state is an HMAC-signed token holding (mailbox, folder, seq, issued at); states older than the
-        ``sync_state_ttl_seconds`` knob are refused with ErrorInvalidSyncStateData.
+        The state is an HMAC-signed token holding (mailbox, folder, round, issued at); states older than
+        the ``sync_state_ttl_seconds`` knob are refused with ErrorInvalidSyncStateData.  A round reports
+        the changes between two sequence numbers (base, upper], coalesced once, page after page (cursor):
+        paging never re-coalesces, so a client only hears of deletions of items it was given, and a
+        fresh sync (base 0) reports only what is there.
         """
         root, messages = response_root("SyncFolderItems")
         shape = Shape(op.find(m("ItemShape")), items_xml.DEFAULT_ITEM_FIELDS)
@@ -613,9 +616,9 @@ class EwsApp:
             if folder == "root":
                 raise EwsError("ErrorInvalidOperation", "Items of this folder cannot be synchronised.")
             state_elem = op.find(m("SyncState"))
-            seq = 0
+            base, upper, cursor = 0, None, 0
             if state_elem is not None and (state_elem.text or "").strip():
-                seq = self._decode_sync_state(
+                base, upper, cursor = self._decode_sync_state(
                     ctx.mailbox, folder, state_elem.text.strip(), ctx.knobs.sync_state_ttl_seconds
                 )
         except EwsError as exc:
@@ -631,13 +634,17 @@ class EwsApp:
             )
             return root
         ignored = {e.get("Id") for e in _children(op.find(m("Ignore")))}
-        changes, high_water = ctx.mailbox.changes_since(folder.id, seq)
-        changes = sorted(changes, key=lambda c: c.seq)
+        if upper is None:
+            upper = ctx.mailbox.current_seq
+        changes, _high_water = ctx.mailbox.changes_since(folder.id, base, upto=upper)
+        changes = sorted((c for c in changes if c.seq > cursor), key=lambda c: c.seq)
+        if not base:
+            changes = [c for c in changes if c.kind != "deleted"]
         page = changes[:max_changes]
         last = len(page) == len(changes)
-        new_seq = high_water if last else page[-1].seq
+        position = (upper, None, upper) if last else (base, upper, page[-1].seq)
         message = response_message(messages, "SyncFolderItems")
-        sub(message, m("SyncState"), self._encode_sync_state(ctx.mailbox, folder, new_seq))
+        sub(message, m("SyncState"), self._encode_sync_state(ctx.mailbox, folder, position))
         sub(message, m("IncludesLastItemInRange"), last)
         changes_elem = sub(message, m("Changes"))
         for change in page:
@@ -650,6 +657,11 @@ class EwsApp:
                 item = ctx.mailbox.item(change.item_id)
             except KeyError:
                 continue  # moved away again after the change was logged: its "deleted" comes later
+            if change.kind == "read_flag" and base:
+                flag_change = sub(changes_elem, t("ReadFlagChange"))
+                sub(flag_change, t("ItemId"), Id=item.id, ChangeKey=item.change_key)
+                sub(flag_change, t("IsRead"), item.is_read)
+                continue
             wrapper = sub(changes_elem, t("Create" if change.kind == "created" else "Update"))
             wrapper.append(self.item_xml(ctx.mailbox, item, shape))
         return root
@@ -931,6 +943,9 @@ def _page(found, view, knobs):
             offset = max(len(found) - offset - (limit or 0), 0)
     if knobs is not None and getattr(knobs, "page_size", None):
         limit = min(limit, knobs.page_size) if limit else knobs.page_size
+    if knobs is not None and knobs.find_count_limit:
+        # EWSFindCountLimit caps every answer, whatever MaxEntriesReturned asked for.
+        limit = min(limit, knobs.find_count_limit) if limit else knobs.find_count_limit
     page = found[offset : offset + limit] if limit else found[offset:]
     return page, offset, offset + len(page) >= len(found)
 

@@ -13,6 +13,7 @@ from datetime import date, datetime, timezone
 from lxml import etree
 
 from .ews_xml import element, ordered, sub, t
+from .store import as_utc, occurrence_id
 
 # Element order of the complex types we emit (subsets of types.xsd sequences, in schema order).
 # fmt: off
@@ -195,6 +196,15 @@ ADDRESS_PARTS = (
 )
 
 
+# An IndexedFieldURI asks for some entries of a dictionary property (contacts:EmailAddress with
+# FieldIndex="EmailAddress1" is one entry of contacts:EmailAddresses).
+INDEXED_PARENTS = {
+    "contacts:EmailAddress": "contacts:EmailAddresses",
+    "contacts:PhoneNumber": "contacts:PhoneNumbers",
+    **{f"contacts:PhysicalAddress:{tag}": "contacts:PhysicalAddresses" for tag, _part in ADDRESS_PARTS},
+}
+
+
 class Shape:
     """What a request's ItemShape/FolderShape asks for: base shape, extra field URIs, body type."""
 
@@ -223,8 +233,15 @@ class Shape:
                     self.fields.add(uri)
 
     def wants(self, uri):
-        """Whether ``uri`` (e.g. ``item:Subject``) belongs in the response."""
-        return uri in self.fields
+        """Whether ``uri`` (e.g. ``item:Subject``) belongs in the response, whole or some entries."""
+        return uri in self.fields or any(INDEXED_PARENTS.get(u) == uri for u, _index in self.indexed)
+
+    def entries(self, uri):
+        """Entries asked of the dictionary property ``uri``: None for all of them, else a set of
+        (indexed field URI, FieldIndex), e.g. ("contacts:PhysicalAddress:City", "Business")."""
+        if uri in self.fields:
+            return None
+        return {(u, index) for u, index in self.indexed if INDEXED_PARENTS.get(u) == uri}
 
 
 def item_id_element(item, tag="ItemId"):
@@ -584,6 +601,7 @@ def calendar_item_element(occurrence, shape, folder, master=None):
         ("calendar:AppointmentSequenceNumber", lambda: element(t("AppointmentSequenceNumber"), 0)),
         ("calendar:AppointmentState", lambda: element(t("AppointmentState"), 1 if attendees else 0)),
         ("calendar:Recurrence", lambda: recurrence_element(recurrence) if is_master and recurrence else None),
+        ("calendar:ModifiedOccurrences", lambda: _modified_occurrences(source) if is_master else None),
         ("calendar:DeletedOccurrences", lambda: _deleted_occurrences(source) if is_master else None),
         ("calendar:StartTimeZone", lambda: element(t("StartTimeZone"), Id=zone)),
         ("calendar:EndTimeZone", lambda: element(t("EndTimeZone"), Id=zone)),
@@ -631,6 +649,23 @@ def _duration(delta):
     hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
     return f"P{days}DT{hours}H{minutes}M{seconds}S"
+
+
+def _modified_occurrences(event):
+    """``t:ModifiedOccurrences`` of a series master: each exception's id, start, end and original start."""
+    cancelled = {as_utc(value) for value in getattr(event, "cancelled_occurrences", None) or []}
+    exceptions = {as_utc(original): overrides for original, overrides in (event.exceptions or {}).items()}
+    wrapper = element(t("ModifiedOccurrences"))
+    for original in sorted(set(exceptions) - cancelled):
+        overrides = exceptions[original]
+        start = as_utc(overrides.get("start", original))
+        end = as_utc(overrides.get("end", start + (event.end - event.start)))
+        entry = sub(wrapper, t("Occurrence"))
+        sub(entry, t("ItemId"), Id=occurrence_id(event, original), ChangeKey=event.change_key)
+        sub(entry, t("Start"), start)
+        sub(entry, t("End"), end)
+        sub(entry, t("OriginalStart"), original)
+    return wrapper if len(wrapper) else None
 
 
 def _deleted_occurrences(event):
@@ -733,34 +768,44 @@ def contact_element(item, shape, folder):
         ("contacts:DisplayName", lambda: _text("DisplayName", display)),
         ("contacts:GivenName", lambda: _text("GivenName", item.given_name)),
         ("contacts:CompanyName", lambda: _text("CompanyName", getattr(item, "company_name", None))),
-        ("contacts:EmailAddresses", lambda: _email_entries(getattr(item, "email_addresses", None))),
-        ("contacts:PhysicalAddresses", lambda: _address_entries(item)),
-        ("contacts:PhoneNumbers", lambda: _phone_entries(item)),
+        (
+            "contacts:EmailAddresses",
+            lambda: _email_entries(
+                getattr(item, "email_addresses", None), shape.entries("contacts:EmailAddresses")
+            ),
+        ),
+        (
+            "contacts:PhysicalAddresses",
+            lambda: _address_entries(item, shape.entries("contacts:PhysicalAddresses")),
+        ),
+        ("contacts:PhoneNumbers", lambda: _phone_entries(item, shape.entries("contacts:PhoneNumbers"))),
         ("contacts:JobTitle", lambda: _text("JobTitle", getattr(item, "job_title", None))),
         ("contacts:Surname", lambda: _text("Surname", item.surname)),
     ]
     return _assemble("Contact", item, shape, fields, CONTACT_ORDER)
 
 
-def _email_entries(values):
+def _email_entries(values, wanted=None):
+    """``wanted``: None for every entry, else the (URI, FieldIndex) pairs asked for (Shape.entries)."""
     values = list(values or [])[:3]
     if not values:
         return None
     wrapper = element(t("EmailAddresses"))
     for index, value in enumerate(values, start=1):
         name, address = _pair(value)
-        if address:
-            sub(wrapper, t("Entry"), address, Key=f"EmailAddress{index}", Name=name or None)
+        key = f"EmailAddress{index}"
+        if address and (wanted is None or ("contacts:EmailAddress", key) in wanted):
+            sub(wrapper, t("Entry"), address, Key=key, Name=name or None)
     return wrapper if len(wrapper) else None
 
 
-def _phone_entries(item):
+def _phone_entries(item, wanted=None):
     wrapper = element(t("PhoneNumbers"))
     for attr, keys in PHONE_KEYS.items():
         value = getattr(item, attr, None)
         numbers = [value] if isinstance(value, str) else list(value or [])
         for key, number in zip(keys, numbers[: len(keys)], strict=False):
-            if number:
+            if number and (wanted is None or ("contacts:PhoneNumber", key) in wanted):
                 sub(wrapper, t("Entry"), number, Key=key)
     return wrapper if len(wrapper) else None
 
@@ -771,7 +816,7 @@ def _address_part(address, name):
     return getattr(address, name, None)
 
 
-def _address_entries(item):
+def _address_entries(item, wanted=None):
     wrapper = element(t("PhysicalAddresses"))
     for attr, key in ADDRESS_KEYS.items():
         address = getattr(item, attr, None)
@@ -780,7 +825,7 @@ def _address_entries(item):
         entry = element(t("Entry"), Key=key)
         for tag, part in ADDRESS_PARTS:
             value = _address_part(address, part)
-            if value:
+            if value and (wanted is None or (f"contacts:PhysicalAddress:{tag}", key) in wanted):
                 sub(entry, t(tag), value)
         if len(entry):
             wrapper.append(entry)

@@ -24,6 +24,7 @@ from werkzeug.wrappers import Request, Response
 from . import graph_render as render
 from .graph_delta import DeltaTokens, SyncStateError
 from .knobs import Refused
+from .store import is_well_formed_id, occurrence_ical_uid
 
 UTC = datetime.timezone.utc
 JSON_CONTENT_TYPE = ("application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;"
@@ -224,7 +225,7 @@ def match_route(method, segments):
         for part, segment in zip(parts, segments, strict=True):
             if part.startswith("{"):
                 params.append(urllib.parse.unquote(segment))
-            elif part.lower() != segment.lower():
+            elif part.lower() not in (segment.lower(), _function_name(segment)):
                 break
         else:
             literals = sum(1 for p in parts if not p.startswith("{"))
@@ -239,6 +240,16 @@ def match_route(method, segments):
             return handler, params, endpoint
     raise GraphError(405, "Request_BadRequest",
                      f"The HTTP method '{method}' is not allowed for this resource.")
+
+
+def _function_name(segment):
+    """"delta" for "delta()": Graph accepts a function with or without its (empty) parentheses,
+    and the official SDKs send the parentheses."""
+    name = segment.lower()
+    return name[:-2] if name.endswith("()") and name[:-2] in FUNCTION_SEGMENTS else None
+
+
+FUNCTION_SEGMENTS = ("delta",)
 
 
 def _permission_family(segments):
@@ -472,6 +483,13 @@ class GraphApp:
                 if str(dependency) not in by_id:
                     raise GraphError(400, "BadRequest", f"Request with Id '{item_id}' depends on an unknown "
                                                         f"request '{dependency}'.")
+            _check_batch_write(item_id, item)
+        # Graph's known issues (JSON batching): a batch is fully parallel (no dependsOn) or fully
+        # sequential (every request but the first depends on another); a mix is refused.
+        independent = [i for i, item in by_id.items() if not item.get("dependsOn")]
+        sequential = len(independent) < len(by_id)
+        if sequential and independent != [str(requests_[0]["id"])]:
+            raise GraphError(400, "BadRequest", "Batch should be either fully sequential or fully parallel")
         answers = {}
         pending = dict(by_id)
         while pending:
@@ -489,6 +507,11 @@ class GraphApp:
                         424, "BadRequest", f"Failed dependency: request '{failed[0]}' failed.")))
                 else:
                     runnable.append((item_id, item))
+            if sequential:
+                for item_id, item in runnable:
+                    answer = self._run_batch_item(call, item)
+                    answers[item_id] = (answer.status, answer)
+                continue
             # Exchange Online runs independent batch items in parallel: that is what
             # makes a 20-request batch hit the 4-per-mailbox concurrency limit.
             futures = [(item_id, self._batch_pool.submit(self._run_batch_item, call, item))
@@ -552,15 +575,24 @@ class GraphApp:
         return shaped
 
 
+def _check_batch_write(item_id, item):
+    """A write item (POST, PUT, PATCH) needs a body and its Content-Type, else Graph refuses the batch."""
+    if str(item.get("method", "")).upper() not in ("POST", "PUT", "PATCH"):
+        return
+    headers = {str(k).lower() for k in (item.get("headers") or {})}
+    if "content-type" not in headers or "body" not in item:
+        raise GraphError(400, "BadRequest",
+                         f"Write request id : {item_id} does not contain Content-Type header or body.")
+
+
 # ------------------------------------------------------------------ helpers for handlers
 
-_ID_CHARS = re.compile(r"^[A-Za-z0-9+/=_\-]+$")
 MAIL_WELL_KNOWN = {"msgfolderroot", "inbox", "drafts", "sentitems", "deleteditems", "junkemail", "outbox",
                    "archive"}
 
 
 def _check_id(value):
-    if not value or len(value) < 8 or not _ID_CHARS.match(value):
+    if not is_well_formed_id(value):
         raise GraphError(400, "ErrorInvalidIdMalformed", "Id is malformed.")
 
 
@@ -1019,7 +1051,7 @@ def messages_delta(ctx, reference):
     size = state.get("size") or (ctx.knobs and ctx.knobs.page_size) or DEFAULT_PAGE_SIZE
     select = [s.strip() for s in (state.get("select") or "").split(",") if s.strip()] or None
     initial = state["base"] == 0
-    changes, _ = ctx.mailbox.changes_since(folder.id, state["base"])
+    changes, _ = ctx.mailbox.changes_since(folder.id, state["base"], upto=state["upper"])
     changes = sorted((c for c in changes if state["cursor"] < c.seq <= state["upper"]), key=lambda c: c.seq)
     if initial:
         changes = [c for c in changes if c.kind != "deleted"]
@@ -1085,6 +1117,9 @@ def _event_shape(ctx, event_or_occurrence, select=None, tz=None):
             series_id = ctx.item_id(master)
         shape = render.event(occ, item_id, ctx.mailbox.email, tz, label, kind, series_id,
                              occ.original_start, ctx.want_text_body)
+        per_occurrence = not ctx.knobs or ctx.knobs.occurrence_ical_uid == "per_occurrence"
+        if series_id and per_occurrence and shape.get("iCalUId"):
+            shape["iCalUId"] = occurrence_ical_uid(shape["iCalUId"], occ.original_start)
     else:
         event = event_or_occurrence
         shape = render.event(event, ctx.item_id(event), ctx.mailbox.email, tz, label,

@@ -635,8 +635,9 @@ class Identity:
                     "revoked, a fresh auth token is needed. The user might have changed or reset "
                     "their password.",
                 )
-            if grant["used"]:
-                # Rotation: a refresh token is good for exactly one redemption.
+            mailbox = self.tenant.store.mailbox(grant["mailbox_id"])
+            if grant["used"] and self.tenant.knobs.get(mailbox.email).refresh_token_single_use:
+                # Strict rotation (knob): a refresh token is good for exactly one redemption.
                 raise OAuthError(
                     400,
                     "invalid_grant",
@@ -658,7 +659,6 @@ class Identity:
                     ),
                 )
             grant["used"] = True
-        mailbox = self.tenant.store.mailbox(grant["mailbox_id"])
         requested = request.form.get("scope", "").split()
         scopes = requested or grant["scopes"]
         if "offline_access" not in scopes:

@@ -28,13 +28,21 @@ class Knobs:
     sync_state_ttl_seconds: Optional[float] = None  # older delta tokens / SyncStates are refused
     token_lifetime_seconds: int = 3600  # access tokens issued for the mailbox
     page_size: Optional[int] = None  # overrides the server's default page size
-    # Exchange's EwsFindCountLimit (1000 by default): an EWS CalendarView answers at most this many
-    # items, with IncludesLastItemInRange="false" when it cut the list.
-    find_count_limit: Optional[int] = None
+    # Exchange's EwsFindCountLimit (1000 by default): an EWS FindItem / FindFolder answers at most
+    # this many items, with IncludesLastItemInRange="false" when it cut the list. None: no limit.
+    find_count_limit: Optional[int] = 1000
+    # Microsoft's identity platform keeps a refresh token valid after it is redeemed (it only hands
+    # out a new one); some identity providers rotate strictly. True: a redeemed refresh token is
+    # refused with AADSTS70008, so a client must persist every rotated token.
+    refresh_token_single_use: bool = False
+    # Graph's iCalUId of the occurrences and exceptions of a series: "per_occurrence" as the v1.0
+    # documentation says (each differs), or "shared" (the series' one), as some mailboxes answer.
+    occurrence_ical_uid: str = "per_occurrence"
     seed: Optional[int] = None  # random seed for reproducible storms
 
 
 KNOB_NAMES = tuple(f.name for f in fields(Knobs))
+OCCURRENCE_ICAL_UIDS = ("per_occurrence", "shared")
 
 
 class Refused(Exception):
@@ -80,6 +88,8 @@ class KnobRegistry:
         unknown = set(values) - set(KNOB_NAMES)
         if unknown:
             raise ValueError("unknown knobs: {}".format(", ".join(sorted(unknown))))
+        if values.get("occurrence_ical_uid", "shared") not in OCCURRENCE_ICAL_UIDS:
+            raise ValueError("occurrence_ical_uid is one of: " + ", ".join(OCCURRENCE_ICAL_UIDS))
         with self._lock:
             target = (
                 self._tenant_wide

@@ -272,6 +272,10 @@ class Tenant:
             }
             for a in self.apps.values()
         ]
+        zones = {
+            str(user.get("email", "")).lower(): user.get("time_zone", "UTC")
+            for user in (self.scenario or {}).get("users", [])
+        }
         return {
             "tenant_id": self.tenant_id,
             "base_url": self.base_url,
@@ -287,6 +291,7 @@ class Tenant:
                     "display_name": m.display_name,
                     "username": m.username,
                     "password": m.password,
+                    "time_zone": zones.get(m.email.lower(), "UTC"),
                 }
                 for m in self.store.mailboxes()
             ],

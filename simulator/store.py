@@ -14,6 +14,7 @@ import email.policy
 import email.utils
 import hashlib
 import os
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -103,6 +104,21 @@ def new_id(tag, mailbox_uuid, item_uuid=None):
     return _b64(tag + mailbox_uuid.bytes + item_uuid.bytes)
 
 
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
+
+
+def is_well_formed_id(value):
+    """True for a string Exchange could decode as an id: base64 (URL-safe or not) of 16 bytes or more.
+
+    Exchange answers ErrorInvalidIdMalformed (Graph: 400) for anything else, and
+    ErrorItemNotFound (Graph: 404) only for a well-formed id of a missing item.
+    """
+    if not value or not _ID_PATTERN.match(value):
+        return False
+    digits = len(value.rstrip("="))
+    return digits % 4 != 1 and digits * 3 // 4 >= 16
+
+
 def new_change_key():
     return _b64(os.urandom(9))
 
@@ -111,7 +127,7 @@ def new_change_key():
 class Change:
     """One coalesced change of an item (or folder) as reported to a sync client."""
 
-    kind: str  # "created" | "updated" | "deleted"
+    kind: str  # "created" | "updated" | "read_flag" (only is_read changed) | "deleted"
     item_id: str
     immutable_id: str
     seq: int
@@ -356,6 +372,22 @@ def occurrence_id(master, original_start):
     raw = base64.urlsafe_b64decode(master.immutable_id)
     stamp = int(as_utc(original_start).timestamp()).to_bytes(8, "big", signed=True)
     return _b64(b"\x07" + raw[1:] + stamp + b"\x00")
+
+
+GLOBAL_OBJECT_ID_CLASS = "040000008200E00074C5B7101A82E008"
+
+
+def occurrence_ical_uid(series_uid, original_start):
+    """iCalUId of one occurrence as Graph v1.0 documents it ("different for each occurrence").
+
+    Exchange derives it from the series' GlobalObjectId with the instance date
+    (year: 2 bytes, month, day) in bytes 16-19, where the series has zeros.
+    """
+    day = as_utc(original_start).date()
+    stamp = f"{day.year:04X}{day.month:02X}{day.day:02X}"
+    if series_uid.upper().startswith(GLOBAL_OBJECT_ID_CLASS) and len(series_uid) >= 40:
+        return series_uid[:32] + stamp + series_uid[40:]
+    return series_uid + stamp
 
 
 def parse_occurrence_id(value):
@@ -833,7 +865,8 @@ class Mailbox:
             folder = self.folder(folder_id or "calendar")
             item_id, immutable_id = self._new_item_ids()
             fields = _normalise_event_fields(fields)
-            fields.setdefault("ical_uid", "040000008200E00074C5B7101A82E008" + uuid.uuid4().hex.upper())
+            # A series' GlobalObjectId has no instance date (zeros in bytes 16-19).
+            fields.setdefault("ical_uid", GLOBAL_OBJECT_ID_CLASS + "00000000" + uuid.uuid4().hex.upper())
             event = Event(id=item_id, immutable_id=immutable_id, folder_id=folder.id, kind="event", **fields)
             return self._add_item(event)
 
@@ -898,7 +931,9 @@ class Mailbox:
                 setattr(item, key, value)
             item.change_key = new_change_key()
             item.last_modified = utcnow()
-            self._record("updated", item.id, item.immutable_id, item.folder_id)
+            # Exchange tells a change of the read flag alone apart (EWS ReadFlagChange).
+            kind = "read_flag" if item.kind == "message" and set(fields) == {"is_read"} else "updated"
+            self._record(kind, item.id, item.immutable_id, item.folder_id)
             return item
 
     def move_item(self, item_id, dest_folder_id):
@@ -961,25 +996,29 @@ class Mailbox:
             return None
 
     # -- sync
-    def changes_since(self, folder_id, seq):
-        """Coalesced item changes in a folder after ``seq``; returns (changes, new high-water seq).
+    def changes_since(self, folder_id, seq, upto=None):
+        """Coalesced item changes in a folder after ``seq`` (and up to ``upto`` when given);
+        returns (changes, new high-water seq).
 
         One Change per item id: created then updated stays "created", anything then
-        deleted is "deleted", created then deleted inside the window is omitted.
+        deleted is "deleted", created then deleted inside the window is omitted;
+        "read_flag" stays so only while nothing else changed.
         """
         with self._lock:
             folder_id = self.folder(folder_id).id
-            return self._coalesce(folder_id, seq, is_folder=False), self._seq
+            return self._coalesce(folder_id, seq, is_folder=False, upto=upto), self._seq
 
     def folder_changes_since(self, seq):
         """Coalesced folder-hierarchy changes after ``seq``: (changes, new high-water seq)."""
         with self._lock:
             return self._coalesce(None, seq, is_folder=True), self._seq
 
-    def _coalesce(self, folder_id, seq, is_folder):
+    def _coalesce(self, folder_id, seq, is_folder, upto=None):
         merged = {}
         order = []
         for entry_seq, kind, item_id, immutable_id, entry_folder, entry_is_folder in self._log_after(seq):
+            if upto is not None and entry_seq > upto:
+                break
             if entry_is_folder != is_folder or (folder_id is not None and entry_folder != folder_id):
                 continue
             if item_id not in merged:
@@ -997,7 +1036,7 @@ class Mailbox:
                 )
             else:
                 previous.seq = entry_seq
-                if previous.kind == "deleted":
+                if previous.kind == "deleted" or (previous.kind == "read_flag" and kind != "read_flag"):
                     previous.kind = "updated"
         return [merged[i] for i in order if merged[i] is not None]
 

@@ -2,7 +2,9 @@
 
 Works with cryptography 3.4.8 (which still wants ``backend=``) and newer
 releases.  Keys are generated once per process: every Tenant in a test run
-shares the same CA, so clients may keep one ``verify=`` path.
+shares the same CA, so clients may keep one ``verify=`` path.  A state
+directory that already holds a valid certificate keeps it: a restarted demo
+tenant is still trusted by the clients that stored its CA.
 """
 
 import datetime
@@ -125,10 +127,39 @@ def certificate_material():
         return _material
 
 
+#: A kept server certificate is replaced this long before it expires.
+RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+def _kept_certificates(paths):
+    """True when ``paths`` hold a CA, a server certificate it signed and its key, valid for a while yet."""
+    try:
+        with open(paths["ca.pem"], "rb") as handle:
+            ca_cert = x509.load_pem_x509_certificate(handle.read(), default_backend())
+        with open(paths["server.pem"], "rb") as handle:
+            server_cert = x509.load_pem_x509_certificate(handle.read(), default_backend())
+        with open(paths["server.key"], "rb") as handle:
+            server_key = serialization.load_pem_private_key(handle.read(), None, default_backend())
+    except (OSError, ValueError):
+        return False
+    expires = getattr(server_cert, "not_valid_after_utc", None) or server_cert.not_valid_after.replace(
+        tzinfo=datetime.timezone.utc)
+    return (
+        server_cert.issuer == ca_cert.subject
+        and server_cert.public_key().public_numbers() == server_key.public_key().public_numbers()
+        and expires - RENEW_BEFORE > datetime.datetime.now(datetime.timezone.utc)
+    )
+
+
 def write_certificates(state_dir):
-    """Write ca.pem, server.pem (cert + CA) and server.key to state_dir; return their paths."""
-    material = certificate_material()
+    """Write ca.pem, server.pem (cert + CA) and server.key to state_dir; return their paths.
+
+    Certificates already in ``state_dir`` and still valid are kept as they are.
+    """
     paths = {name: os.path.join(state_dir, name) for name in ("ca.pem", "server.pem", "server.key")}
+    if _kept_certificates(paths):
+        return paths
+    material = certificate_material()
     with open(paths["ca.pem"], "wb") as handle:
         handle.write(material["ca_pem"])
     with open(paths["server.pem"], "wb") as handle:

@@ -12,3 +12,4 @@ from . import test_mail_assign
 from . import test_mail_hostile
 from . import test_mail_kill
 from . import test_mail_chatter
+from . import test_event_import

@@ -48,10 +48,10 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
 
     def test_graph_seam_persists_the_rotated_refresh_token(self):
         # Tokens living 60 s are "expired" for msal (5 min margin): every use refreshes, and the
-        # tenant accepts each refresh token once. The second use works only if the first one's
-        # rotated cache was saved.
+        # tenant accepts each refresh token once (strict rotation, stricter than Microsoft). The
+        # second use works only if the first one's rotated cache was saved.
         remote = self.new_remote_mailbox("greta")
-        self.tenant.knobs.set(remote.email, token_lifetime_seconds=60)
+        self.tenant.knobs.set(remote.email, token_lifetime_seconds=60, refresh_token_single_use=True)
         user = new_test_user(self.env, login="greta.test", name="Greta", exchange_account_type="graph",
                              exchange_email=remote.email)
         user.exchange_token_cache = self.sign_in(remote.email)

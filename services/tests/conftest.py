@@ -30,11 +30,21 @@ def tenant():
     tenant.stop()
 
 
-@pytest.fixture(autouse=True)
-def fresh_knobs(tenant):
+# The tenant's behaviour where Microsoft's documentation and real tenants (or other identity
+# providers) differ: every contract test runs under both settings of these knobs.
+TENANT_FLAVOURS = {
+    "documented": {"refresh_token_single_use": False, "occurrence_ical_uid": "per_occurrence"},
+    "alternative": {"refresh_token_single_use": True, "occurrence_ical_uid": "shared"},
+}
+
+
+@pytest.fixture(autouse=True, params=sorted(TENANT_FLAVOURS))
+def fresh_knobs(request, tenant):
+    """Reset knobs, then set the tenant-wide flavour under test (see TENANT_FLAVOURS)."""
     tenant.knobs.reset()
+    tenant.knobs.set(None, **TENANT_FLAVOURS[request.param])
     tenant.request_log.clear()
-    yield
+    yield request.param
     tenant.knobs.reset()
 
 

@@ -326,7 +326,10 @@ def test_calendar_window_with_recurring_series(backend, mailbox):
         datetime(2024, 6, 24, 9, tzinfo=UTC),
     ]
     assert {e.type for e in occurrences} == {"occurrence"}
-    assert len({e.ical_uid for e in occurrences}) == 1
+    # Graph documents one iCalUId per occurrence, some mailboxes share the series' one (and EWS's UID
+    # is the series'): the contract is only that the series' uids are its own.
+    series_uids = {e.ical_uid for e in occurrences + by_subject["Weekly sync (moved)"]}
+    assert all(series_uids) and by_subject["Lunch"][0].ical_uid not in series_uids
     attendees = {a.address: a for a in occurrences[0].attendees}
     assert attendees["guest@example.com"].response == "tentative"
     assert attendees["guest@example.com"].type == "optional"
@@ -536,7 +539,7 @@ def test_untrusted_certificate_is_a_tls_problem(tenant, mailbox, kind, make_back
     transfer_folder(mailbox)
     trusted = make_backend(mailbox)
     assert trusted.find_folder("Inbox/Transfer In") is not None
-    other = tenant.store.add_mailbox(f"tls-{kind}@contoso.test", "No CA", password=mailbox.password)
+    other = tenant.store.add_mailbox(f"tls-{mailbox.email}", "No CA", password=mailbox.password)
     if kind == "ews":
         untrusted = EwsBackend(other.email, other.email, other.password, tenant.ews_url, verify=True)
     else:
@@ -611,3 +614,29 @@ def test_graph_never_follows_a_link_to_another_host(make_graph_backend, mailbox)
     pages, messages, _removed = drain(backend, folder, stolen)
     assert pages[0].reset
     assert sorted(messages) == sorted(seeded)
+
+
+def test_occurrences_name_their_original_start(backend, mailbox):
+    """The key that matches an occurrence across mailboxes: iCalUId plus the start in its pattern."""
+    seed_calendar(mailbox)
+    mailbox.add_event(
+        subject="Call", start=datetime(2024, 6, 6, 8, tzinfo=UTC), end=datetime(2024, 6, 6, 9, tzinfo=UTC),
+        online_meeting_url="https://meet.example.com/call", is_reminder_on=True, reminder_minutes=30,
+    )
+    events = [event for page in backend.sync_events(WINDOW_START, WINDOW_END, None) for event in page.items]
+    by_subject = {}
+    for event in events:
+        by_subject.setdefault(event.subject, []).append(event)
+    assert sorted(e.original_start for e in by_subject["Weekly sync"]) == [
+        datetime(2024, 6, 3, 9, tzinfo=UTC),
+        datetime(2024, 6, 24, 9, tzinfo=UTC),
+    ]
+    moved = by_subject["Weekly sync (moved)"][0]
+    assert moved.original_start == datetime(2024, 6, 10, 9, tzinfo=UTC)
+    assert by_subject["Lunch"][0].original_start is None
+    assert by_subject["Lunch"][0].my_response == "organizer"
+    call = by_subject["Call"][0]
+    if isinstance(backend, GraphBackend):
+        # The simulated EWS has no online meeting URL and reports every reminder as off.
+        assert call.online_meeting_url == "https://meet.example.com/call"
+        assert call.reminder_minutes == 30

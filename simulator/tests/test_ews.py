@@ -222,15 +222,46 @@ def test_sync_items_reports_creates_updates_and_deletes(tenant, mailbox, auth_ty
     items = mailbox.items_in(folder.id)
     mailbox.update_item(items[0].id, is_read=True)
     mailbox.delete_item(items[1].id, soft=False)
+    mailbox.update_item(items[2].id, is_read=True)
+    mailbox.update_item(items[2].id, categories=["Odoo"])
     added = mailbox.add_message(folder.id, mime(99))
     second = list(transfer.sync_items(only_fields=["subject"]))
 
     kinds = {kind: item for kind, item in second}
-    assert sorted(kinds) == ["create", "delete", "update"]
+    assert sorted(kinds) == ["create", "delete", "read_flag_change", "update"]
     assert kinds["create"].id == added.id
     assert kinds["delete"].id == items[1].id
-    assert kinds["update"].id == items[0].id
+    # Exchange reports a change of the read flag alone as ReadFlagChange (ItemId + IsRead).
+    flag_id, is_read = kinds["read_flag_change"]
+    assert (flag_id.id, flag_id.changekey, is_read) == (items[0].id, items[0].change_key, True)
+    assert kinds["update"].id == items[2].id, "read and then changed otherwise: an Update"
     assert list(transfer.sync_items()) == []
+
+
+def test_fresh_sync_paged_below_the_folder_size_reports_only_what_is_there(tenant, mailbox):
+    folder = seed_transfer_folder(mailbox, 3)
+    elsewhere = mailbox.create_folder(mailbox.folder("inbox").id, "Elsewhere")
+    base = datetime(2024, 2, 1, tzinfo=UTC)
+    for number in range(5):
+        mailbox.add_message(folder.id, mime(10 + number), received=base + timedelta(minutes=number))
+    for item in [i for i in mailbox.items_in(folder.id) if i.subject in {f"Message {n}" for n in range(3)}]:
+        mailbox.move_item(item.id, elsewhere.id)
+    account = account_for(tenant, mailbox)
+    transfer = account.inbox / "Transfer In"
+
+    changes = list(transfer.sync_items(only_fields=["subject"], max_changes_returned=2))
+    assert [kind for kind, _ in changes] == ["create"] * 5
+    assert sorted(item.subject for _, item in changes) == [f"Message {n}" for n in range(10, 15)]
+    given = {item.id for _, item in changes}
+
+    # Changes while paging through a later round: deletions only of ids the client was given.
+    moved_id = mailbox.items_in(folder.id)[0].id
+    mailbox.move_item(moved_id, elsewhere.id)
+    fresh = mailbox.add_message(folder.id, mime(20))
+    mailbox.delete_item(fresh.id, soft=False)
+    later = list(transfer.sync_items(only_fields=["subject"], max_changes_returned=1))
+    assert [(kind, item.id) for kind, item in later] == [("delete", moved_id)]
+    assert moved_id in given
 
 
 def test_mime_content_and_attachment_are_readable(tenant, mailbox):
@@ -294,6 +325,15 @@ def test_calendar_view_expands_recurring_series(tenant, mailbox, auth_type):
     masters = [i for i in account.calendar.all() if i.type == "RecurringMaster"]
     assert len(masters) == 1
     assert masters[0].recurrence.boundary.number == 5
+    # The master names its exceptions (ModifiedOccurrences) and its cancelled dates (DeletedOccurrences).
+    [modified] = masters[0].modified_occurrences
+    assert (modified.id, modified.start, modified.end, modified.original_start) == (
+        view[2].id,
+        EWSDateTime(2024, 3, 11, 11, 0, tzinfo=tz),
+        EWSDateTime(2024, 3, 11, 12, 0, tzinfo=tz),
+        EWSDateTime(2024, 3, 11, 9, 0, tzinfo=tz),
+    )
+    assert [d.start for d in masters[0].deleted_occurrences] == [EWSDateTime(2024, 3, 18, 9, 0, tzinfo=tz)]
 
 
 @pytest.mark.parametrize("auth_type", [BASIC, NTLM])
@@ -326,6 +366,52 @@ def test_contact_create_update_delete(tenant, mailbox, auth_type):
 
 def _email(address):
     return EmailAddress(email=address, label="EmailAddress1")
+
+
+def test_indexed_contact_fields_are_answered(tenant, mailbox):
+    # exchangelib asks for email_addresses, phone_numbers and physical_addresses one entry at a time,
+    # by IndexedFieldURI (contacts:EmailAddress FieldIndex="EmailAddress1", ...): Exchange answers them.
+    stored = mailbox.add_contact(
+        given_name="Ada",
+        surname="Lovelace",
+        email_addresses=[("Ada", "ada@example.com"), ("Ada home", "ada@home.example")],
+        business_phones=["+32 2 000"],
+        mobile_phone="+32 475 000",
+        business_address={"street": "Rue 1", "city": "Brussels", "postal_code": "1000", "country": "Belgium"},
+    )
+    account = account_for(tenant, mailbox)
+    wanted = ("email_addresses", "phone_numbers", "physical_addresses")
+    found = list(account.contacts.all().only(*wanted))
+    fetched = list(account.fetch([(stored.id, None)], only_fields=wanted))
+    for contact in (found[0], fetched[0]):
+        assert sorted((e.label, e.email) for e in contact.email_addresses) == [
+            ("EmailAddress1", "ada@example.com"),
+            ("EmailAddress2", "ada@home.example"),
+        ]
+        assert sorted((p.label, p.phone_number) for p in contact.phone_numbers) == [
+            ("BusinessPhone", "+32 2 000"),
+            ("MobilePhone", "+32 475 000"),
+        ]
+        [address] = contact.physical_addresses
+        assert (address.label, address.street, address.city, address.zipcode, address.country) == (
+            "Business", "Rue 1", "Brussels", "1000", "Belgium"
+        )
+
+    # One entry asked, one entry answered (and only the parts asked of an address).
+    answer = soap(
+        tenant,
+        "<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties>"
+        '<t:IndexedFieldURI FieldURI="contacts:EmailAddress" FieldIndex="EmailAddress2"/>'
+        '<t:IndexedFieldURI FieldURI="contacts:PhysicalAddress:City" FieldIndex="Business"/>'
+        "</t:AdditionalProperties></m:ItemShape>"
+        f'<m:ItemIds><t:ItemId Id="{stored.id}"/></m:ItemIds></m:GetItem>',
+        mailbox.email,
+    )
+    contact = etree.fromstring(answer.content).find(".//{*}Contact")
+    entries = [(e.getparent().tag.split("}")[1], e.get("Key")) for e in contact.iter("{*}Entry")]
+    assert entries == [("EmailAddresses", "EmailAddress2"), ("PhysicalAddresses", "Business")]
+    assert [child.tag.split("}")[1] for child in contact.find(".//{*}PhysicalAddresses")[0]] == ["City"]
+    assert contact.find(".//{*}PhoneNumbers") is None
 
 
 def test_update_with_stale_change_key_is_a_conflict(tenant, mailbox):
@@ -565,6 +651,35 @@ def test_errors_are_answered_as_exchange_does(tenant, mailbox):
     header = etree.fromstring(malformed_id.content).find(f"{{{SOAP_NS}}}Header")
     info = header.find("{http://schemas.microsoft.com/exchange/services/2006/types}ServerVersionInfo")
     assert (info.get("MajorVersion"), info.get("MinorVersion")) == ("15", "1")
+
+
+def test_find_item_answers_at_most_the_find_count_limit(tenant, mailbox):
+    # Exchange's EWSFindCountLimit (1000 by default) caps one FindItem answer; the client pages on.
+    folder = mailbox.create_folder(mailbox.folder("contacts").id, "Many")
+    for number in range(1200):
+        mailbox.add_contact(folder.id, given_name=f"Given{number}", surname="Many")
+    find = (
+        '<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>'
+        '<m:IndexedPageItemView BasePoint="Beginning" Offset="{}"{}/>'
+        '<m:ParentFolderIds><t:FolderId Id="' + folder.id + '"/></m:ParentFolderIds></m:FindItem>'
+    )
+    types = "{http://schemas.microsoft.com/exchange/services/2006/types}"
+    messages_ns = "http://schemas.microsoft.com/exchange/services/2006/messages"
+
+    def page(offset, max_entries=""):
+        answer = soap(tenant, find.format(offset, max_entries), mailbox.email)
+        assert answer.status_code == 200 and _response_code(answer) == "NoError"
+        root_folder = etree.fromstring(answer.content).find(f".//{{{messages_ns}}}RootFolder")
+        return root_folder, len(root_folder.findall(f"{types}Items/{types}Contact"))
+
+    first, count = page(0)
+    assert count == 1000
+    assert (first.get("IncludesLastItemInRange"), first.get("IndexedPagingOffset")) == ("false", "1000")
+    assert first.get("TotalItemsInView") == "1200"
+    rest, count = page(1000, ' MaxEntriesReturned="5000"')
+    assert count == 200 and rest.get("IncludesLastItemInRange") == "true"
+    tenant.knobs.set(mailbox.email, find_count_limit=None)
+    assert page(0)[1] == 1200
 
 
 def test_service_unavailable_knob_answers_http_503(tenant, mailbox):

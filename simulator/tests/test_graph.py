@@ -448,6 +448,36 @@ def test_message_delta_initial_then_incremental_with_removed(tenant, graph):
     assert tenant.request_log.count(protocol="graph", endpoint="GET /mailFolders/{id}/messages/delta") >= 5
 
 
+def test_delta_in_the_odata_function_form(tenant, graph, weekly_series):
+    # The official SDKs call ".../messages/delta()"; Graph accepts it as ".../messages/delta".
+    folder = make_folder(graph, "Delta Function")
+    seed_messages(tenant, folder["id"], 3, subject="Function")
+    start = "mailFolders/{}/messages/delta()".format(folder["id"])
+    entries, _pages, delta_link = _delta_round(graph, start, 10)
+    assert sorted(e["subject"] for e in entries) == ["Function 00", "Function 01", "Function 02"]
+    assert _delta_round(graph, delta_link, 10)[0] == []
+    window = "startDateTime=2024-04-01T00:00:00Z&endDateTime=2024-04-08T00:00:00Z"
+    for path in ("calendarView/delta()", "calendar/calendarView/delta()"):
+        entries, _pages, _link = _delta_round(graph, f"{path}?{window}", 10)
+        assert [e["subject"] for e in entries] == ["Stand-up", "Stand-up"], path
+    assert tenant.request_log.count(protocol="graph", endpoint="GET /mailFolders/{id}/messages/delta") >= 2
+    # Only functions take parentheses.
+    assert graph.get("mailFolders()").status_code == 400
+
+
+def test_malformed_ids_are_400_and_missing_ids_404(graph):
+    for path in ("messages/does-not-exist", "events/does-not-exist", "contacts/not%20an%20id",
+                 "mailFolders/short", "messages/AAMk"):
+        malformed = graph.get(path)
+        assert malformed.status_code == 400, path
+        assert malformed.json()["error"]["code"] == "ErrorInvalidIdMalformed", path
+    missing = base64.urlsafe_b64encode(b"M" + bytes(32)).decode()
+    for path in ("messages/", "events/", "contacts/", "mailFolders/"):
+        answer = graph.get(path + missing)
+        assert answer.status_code == 404, path
+        assert answer.json()["error"]["code"] == "ErrorItemNotFound", path
+
+
 def test_message_delta_expired_or_garbage_token_is_410(tenant, graph):
     folder = make_folder(graph, "Delta Expiry")
     seed_messages(tenant, folder["id"], 3)
@@ -518,6 +548,32 @@ def test_calendar_view_expands_recurring_series(graph, weekly_series):
     assert [i["id"] for i in instances] == [e["id"] for e in series]
     one = graph.get("events/" + instances[0]["id"], "event").json()
     assert one["type"] == "occurrence" and one["seriesMasterId"] == weekly_series.id
+
+
+def test_occurrence_ical_uid_per_occurrence_or_shared(tenant, graph, weekly_series):
+    # Graph v1.0, event resource: iCalUId is "different for each occurrence in a recurring series";
+    # some mailboxes answer the series' one: the knob occurrence_ical_uid picks.
+    window = "startDateTime=2024-04-01T00:00:00Z&endDateTime=2024-04-21T00:00:00Z"
+    master = graph.get("events/" + weekly_series.id, "event").json()
+
+    def series_uids():
+        items, _, _ = graph.all_pages("calendarView?" + window, "event")
+        return [e["iCalUId"] for e in items if e.get("seriesMasterId") == weekly_series.id]
+
+    documented = series_uids()
+    assert len(documented) == 5 and len(set(documented)) == 5
+    assert master["iCalUId"] not in documented
+    series_uid = master["iCalUId"]
+    assert all(uid[:32] == series_uid[:32] and uid[40:] == series_uid[40:] for uid in documented)
+    assert documented[0][32:40] == "07E80401", "the instance date (2024-04-01) in bytes 16-19"
+    first = graph.get(f"events/{weekly_series.id}/instances?{window}").json()["value"][0]
+    assert graph.get("events/" + first["id"]).json()["iCalUId"] == documented[0]
+
+    tenant.knobs.set(ALICE, occurrence_ical_uid="shared")
+    assert series_uids() == [master["iCalUId"]] * 5
+    assert graph.get("events/" + weekly_series.id).json()["iCalUId"] == master["iCalUId"]
+    with pytest.raises(ValueError):
+        tenant.knobs.set(ALICE, occurrence_ical_uid="sometimes")
 
 
 def test_events_list_masters_and_all_day_events(tenant, graph, weekly_series):
@@ -647,19 +703,20 @@ def _batch(graph, requests_):
 
 def test_batch_depends_on_failed_dependency_and_out_of_order(graph):
     answer = _batch(graph, [
-        {"id": "1", "method": "GET", "url": f"/users/{ALICE}/messages/AAMkAGNvbXBsZXRlbHlCb2d1cw"},
-        {"id": "2", "method": "GET", "url": f"/users/{ALICE}/mailFolders/inbox", "dependsOn": ["1"]},
-        {"id": "3", "method": "POST", "url": f"/users/{ALICE}/contacts",
+        {"id": "1", "method": "POST", "url": f"/users/{ALICE}/contacts",
          "headers": {"Content-Type": "application/json"}, "body": {"givenName": "Batch"}},
-        {"id": "4", "method": "GET", "url": f"users/{ALICE}/mailFolders/inbox", "dependsOn": ["3"]},
+        {"id": "2", "method": "GET", "url": f"users/{ALICE}/mailFolders/inbox", "dependsOn": ["1"]},
+        {"id": "3", "method": "GET", "url": f"/users/{ALICE}/messages/AAMkAGNvbXBsZXRlbHlCb2d1cw",
+         "dependsOn": ["2"]},
+        {"id": "4", "method": "GET", "url": f"/users/{ALICE}/mailFolders/inbox", "dependsOn": ["3"]},
     ])
     assert answer.status_code == 200
     by_id = {r["id"]: r for r in answer.json()["responses"]}
-    assert by_id["1"]["status"] == 404
-    assert by_id["2"]["status"] == 424
-    assert by_id["3"]["status"] == 201 and by_id["3"]["body"]["givenName"] == "Batch"
-    assert by_id["4"]["status"] == 200 and by_id["4"]["body"]["displayName"] == "Inbox"
-    graph.check_body(by_id["3"]["body"], "contact", "$batch")
+    assert by_id["1"]["status"] == 201 and by_id["1"]["body"]["givenName"] == "Batch"
+    assert by_id["2"]["status"] == 200 and by_id["2"]["body"]["displayName"] == "Inbox"
+    assert by_id["3"]["status"] == 404
+    assert by_id["4"]["status"] == 424
+    graph.check_body(by_id["1"]["body"], "contact", "$batch")
 
     twenty = [{"id": str(i), "method": "GET", "url": f"/users/{ALICE}/mailFolders/inbox?$select=displayName"}
               for i in range(20)]
@@ -670,6 +727,51 @@ def test_batch_depends_on_failed_dependency_and_out_of_order(graph):
 
     too_many = _batch(graph, twenty + [{"id": "20", "method": "GET", "url": "/me"}])
     assert too_many.status_code == 400 and too_many.json()["error"]["code"] == "BadRequest"
+
+
+def test_batch_write_without_content_type_or_body_refuses_the_whole_batch(tenant, graph):
+    # "Write request id : N does not contain Content-Type header or body." (Graph answers 400 for
+    # the batch, and runs none of its requests).
+    folder = tenant.store.mailbox(ALICE).folder("contacts")
+    before = len(tenant.store.mailbox(ALICE).items_in(folder.id))
+    for write in ({"id": "2", "method": "POST", "url": "/me/contacts", "body": {"givenName": "No type"}},
+                  {"id": "2", "method": "PATCH", "url": "/me/contacts/AAMkAGNvbXBsZXRlbHlCb2d1cw",
+                   "headers": {"Content-Type": "application/json"}}):
+        answer = _batch(graph, [
+            {"id": "1", "method": "POST", "url": f"/users/{ALICE}/contacts",
+             "headers": {"content-type": "application/json"}, "body": {"givenName": "Typed"}},
+            dict(write, url=f"/users/{ALICE}" + write["url"][len("/me"):]),
+        ])
+        assert answer.status_code == 400
+        error = answer.json()["error"]
+        assert error["code"] == "BadRequest"
+        assert error["message"] == "Write request id : 2 does not contain Content-Type header or body."
+    assert len(tenant.store.mailbox(ALICE).items_in(folder.id)) == before, "no request of it ran"
+    # Reads and DELETE need neither.
+    gone = f"/users/{ALICE}/contacts/AAMkAGNvbXBsZXRlbHlCb2d1cw"
+    answer = _batch(graph, [{"id": "1", "method": "DELETE", "url": gone},
+                            {"id": "2", "method": "GET", "url": f"/users/{ALICE}/mailFolders/inbox"}])
+    assert answer.status_code == 200
+
+
+def test_batch_is_fully_sequential_or_fully_parallel(tenant, graph):
+    # Graph's known issues (JSON batching): mixing dependsOn chains with independent requests is refused.
+    inbox = f"/users/{ALICE}/mailFolders/inbox"
+    mixed = _batch(graph, [
+        {"id": "1", "method": "GET", "url": inbox},
+        {"id": "2", "method": "GET", "url": inbox, "dependsOn": ["1"]},
+        {"id": "3", "method": "GET", "url": inbox},
+    ])
+    assert mixed.status_code == 400
+    assert mixed.json()["error"]["code"] == "BadRequest"
+    assert mixed.json()["error"]["message"] == "Batch should be either fully sequential or fully parallel"
+    # Fully sequential (all but the first depend on another) runs one request at a time.
+    tenant.knobs.set(ALICE, latency_ms=50)
+    chain = _batch(graph, [{"id": "1", "method": "GET", "url": inbox}] + [
+        {"id": str(i), "method": "GET", "url": inbox, "dependsOn": ["1"]} for i in range(2, 7)])
+    assert chain.status_code == 200
+    assert [r["status"] for r in chain.json()["responses"]] == [200] * 6
+    assert tenant.knobs.peak_concurrency(None, ALICE) == 1
 
 
 def test_batch_items_are_throttled_one_by_one(tenant, graph):

@@ -91,7 +91,20 @@ def test_wrong_client_secret_is_refused(tenant, oauth):
     assert result["trace_id"] and result["correlation_id"] and result["timestamp"]
 
 
-def test_refresh_rotates_and_old_refresh_token_is_refused(tenant, oauth):
+def test_refresh_rotates_and_the_old_refresh_token_stays_valid(tenant, oauth):
+    # Microsoft's identity platform hands out a new refresh token but does not revoke the one
+    # redeemed ("Refresh tokens ... aren't revoked when used to acquire new access tokens").
+    first, app = oauth.user_tokens()
+    account = app.get_accounts()[0]
+    refreshed = app.acquire_token_silent(oauth.GRAPH_SCOPES, account=account, force_refresh=True)
+    assert refreshed["refresh_token"] != first["refresh_token"]
+    reused = app.acquire_token_by_refresh_token(first["refresh_token"], oauth.GRAPH_SCOPES)
+    assert "access_token" in reused, reused
+    assert reused["refresh_token"] not in (first["refresh_token"], refreshed["refresh_token"])
+
+
+def test_single_use_refresh_tokens_refuse_a_second_redemption(tenant, oauth):
+    tenant.knobs.set(None, refresh_token_single_use=True)
     first, app = oauth.user_tokens()
     account = app.get_accounts()[0]
     refreshed = app.acquire_token_silent(oauth.GRAPH_SCOPES, account=account, force_refresh=True)

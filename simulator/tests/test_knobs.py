@@ -35,9 +35,9 @@ def test_settings_resolve_per_mailbox_over_tenant_wide():
         knobs.set(None, no_such_knob=1)
     knobs.reset()
     assert knobs.get("a@x.example").page_size is None
-    assert knobs.get("a@x.example").find_count_limit is None  # no EwsFindCountLimit unless asked
-    knobs.set("a@x.example", find_count_limit=1000)
-    assert knobs.get("a@x.example").find_count_limit == 1000
+    assert knobs.get("a@x.example").find_count_limit == 1000  # Exchange's default EwsFindCountLimit
+    knobs.set("a@x.example", find_count_limit=None)
+    assert knobs.get("a@x.example").find_count_limit is None
 
 
 def test_throttle_rate_and_retry_after(tenant, oauth, alice_token):

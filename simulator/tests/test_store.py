@@ -80,6 +80,23 @@ def test_changes_since_coalesces(mailbox):
     assert mailbox.changes_since(inbox, high) == ([], high)
 
 
+def test_read_flag_changes_and_windows(mailbox):
+    inbox = mailbox.folder("inbox").id
+    read, edited = mailbox.add_message(inbox, _mime("read")), mailbox.add_message(inbox, _mime("edited"))
+    seq = mailbox.current_seq
+    mailbox.update_item(read.id, is_read=True)
+    mailbox.update_item(read.id, is_read=False)
+    mailbox.update_item(edited.id, is_read=True)
+    upper = mailbox.current_seq
+    mailbox.update_item(edited.id, categories=["Odoo"])
+    changes, _high = mailbox.changes_since(inbox, seq)
+    assert {(c.kind, c.item_id) for c in changes} == {("read_flag", read.id), ("updated", edited.id)}
+    # Up to a point: what came later is left for the next window.
+    changes, _high = mailbox.changes_since(inbox, seq, upto=upper)
+    assert {(c.kind, c.item_id) for c in changes} == {("read_flag", read.id), ("read_flag", edited.id)}
+    assert all(c.seq <= upper for c in changes)
+
+
 def test_soft_delete_moves_messages_to_deleted_items(mailbox):
     message = mailbox.add_message("inbox", _mime())
     deleted = mailbox.delete_item(message.id)
