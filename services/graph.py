@@ -64,8 +64,6 @@ _logger = logging.getLogger(__name__)
 
 GRAPH_URL = "https://graph.microsoft.com/v1.0"
 BATCH_LIMIT = 20
-#: Parallel dependsOn chains in a MIME batch: the mailbox's concurrency limit (4 requests).
-MIME_CHAINS = 4
 MESSAGE_FIELDS = (
     "id,internetMessageId,subject,sender,from,toRecipients,ccRecipients,bccRecipients,"
     "receivedDateTime,sentDateTime,hasAttachments,isRead,changeKey,parentFolderId"
@@ -595,8 +593,9 @@ class GraphBackend(MailboxBackend):
     def _batch_per_message(self, message_ids, request_for):
         """Run ``request_for(id) -> (method, path)`` for each id in ``$batch`` calls: ``{id: answer item}``.
 
-        The items of a batch run as ``MIME_CHAINS`` chains (``dependsOn``), so that one batch
-        never takes more than the mailbox's four concurrent requests. An item throttled
+        The items of a batch are chained with ``dependsOn`` (Graph runs a batch fully parallel
+        or fully sequential; in parallel, 20 requests would meet the mailbox's limit of four
+        concurrent ones), so one batch holds one of the mailbox's request slots. An item throttled
         (429/503), answered by a gateway (502/504, the requests are idempotent) or skipped because
         its chain broke (424) is sent again in a later batch, within the retry policy.
         """
@@ -617,8 +616,12 @@ class GraphBackend(MailboxBackend):
                     "url": f"{self.root}{path}",
                     "headers": {"Prefer": 'IdType="ImmutableId"'},
                 }
-                if index >= MIME_CHAINS:
-                    request["dependsOn"] = [str(index - MIME_CHAINS)]
+                if method == "POST":
+                    # Graph refuses a batch whose write item has no body or no Content-Type.
+                    request["body"] = {}
+                    request["headers"]["Content-Type"] = "application/json"
+                if index:
+                    request["dependsOn"] = [str(index - 1)]
                 requests_.append(request)
             # Its items are idempotent: sending the batch again cannot do anything twice.
             answer = self._request(
