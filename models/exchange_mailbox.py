@@ -10,6 +10,7 @@ from odoo import api, fields, models
 from odoo.exceptions import UserError
 
 from ..services import AuthenticationError, ConnectionProblem, ExchangeError, RunBudget, TimeBudgetExceeded
+from ..services.auth import TokenStore
 from .res_config_settings import DEFAULT_MIN_SYNC_INTERVAL
 
 _logger = logging.getLogger(__name__)
@@ -35,6 +36,75 @@ MAILBOX_STATES = [
     ("connected", "Connected"),
     ("auth_failed", "Sign-in failed"),
 ]
+
+
+#: pg_advisory_lock(namespace, user id) serializes the token refreshes of one user's mailbox.
+TOKEN_REFRESH_LOCK = 0x45584354
+
+
+class StoredTokenCache(TokenStore):
+    """The Office 365 token cache of one user (``res_users.exchange_token_cache``), shared by all workers.
+
+    Each refresh holds a session advisory lock in a cursor of its own; the newest stored cache
+    is read, and a rotated one written and committed, in short transactions of that cursor, so
+    that neither a rollback nor a crash of the caller's transaction loses a redeemed refresh
+    token. A user whose row the caller's transaction has not committed yet (a test) is not
+    seen there: the seam then saves the cache in the caller's transaction, as before.
+    """
+
+    def __init__(self, registry, user_id):
+        self.registry = registry
+        self.user_id = user_id
+        self._cr = None
+
+    @contextlib.contextmanager
+    def refreshing(self):
+        with self.registry.cursor() as cr:
+            locked = False
+            try:
+                cr.execute("SET LOCAL lock_timeout = '20s'")  # another worker's refresh: one request
+                cr.execute("SELECT pg_advisory_lock(%s, %s)", (TOKEN_REFRESH_LOCK, self.user_id))
+                locked = True
+            except psycopg2.errors.LockNotAvailable:
+                _logger.warning("Token refresh of user %s did not wait longer for another worker's",
+                                self.user_id)
+                cr.rollback()
+            # The reads start after the lock: they see what its last holder stored. Commits of this
+            # cursor of its own, never of the caller's transaction.
+            cr.commit()  # pylint: disable=invalid-commit
+            self._cr = cr
+            try:
+                yield self.newest()
+            finally:
+                self._cr = None
+                cr.rollback()
+                if locked:
+                    cr.execute("SELECT pg_advisory_unlock(%s, %s)", (TOKEN_REFRESH_LOCK, self.user_id))
+                    cr.commit()  # pylint: disable=invalid-commit
+
+    def newest(self):
+        self._cr.execute("SELECT exchange_token_cache FROM res_users WHERE id = %s", (self.user_id,))
+        row = self._cr.fetchone()
+        self._cr.commit()  # pylint: disable=invalid-commit
+        return row[0] if row else None
+
+    def save(self, cache_blob, replaces):
+        cr = self._cr
+        try:
+            cr.execute("SET LOCAL lock_timeout = '20s'")  # a user's own write of the row
+            # Not over a Disconnect or a new sign-in that happened meanwhile.
+            cr.execute(
+                "UPDATE res_users SET exchange_token_cache = %s WHERE id = %s "
+                "AND exchange_token_cache IS NOT DISTINCT FROM %s",
+                (cache_blob, self.user_id, replaces))
+            saved = cr.rowcount == 1
+            cr.commit()  # pylint: disable=invalid-commit
+        except psycopg2.errors.LockNotAvailable:
+            cr.rollback()
+            saved = False
+        if saved:
+            _logger.debug("Rotated Office 365 token cache of user %s saved", self.user_id)
+        return saved
 
 
 class MailboxReleased(Exception):
@@ -244,10 +314,13 @@ class ExchangeMailbox(models.Model):
         remaining = budget.remaining()
         seconds = (DEFAULT_CRON_TIME_BUDGET if remaining is None else remaining) + LEASE_MARGIN
         lease = {"token": uuid.uuid4().hex, "trigger": "manual" if locked.sync_requested else "cron"}
+        expired_lease = locked.sync_lease_until
         locked.write({
             "sync_lease_until": now + timedelta(seconds=seconds), "sync_lease_token": lease["token"],
             "sync_requested": False, "last_sync_started": now,
         })
+        # Nobody else syncs this mailbox now: a run still "Started" is a dead worker's.
+        self.env["exchange.sync.run"]._close_interrupted(locked.user_id, expired_lease or now)
         self._exchange_commit()
         return lease
 

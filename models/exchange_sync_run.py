@@ -42,9 +42,11 @@ class ExchangeSyncRun(models.Model):
             ("done", "Done"),
             ("partial", "Partial"),
             ("failed", "Failed"),
+            ("interrupted", "Interrupted"),
         ],
         required=True, default="started", index=True, readonly=True,
-        help="Partial: the run's time budget ended; the next run continues where this one stopped.")
+        help="Partial: the run's time budget ended; the next run continues where this one stopped. "
+             "Interrupted: the worker running it stopped (killed, restarted); a later run continued.")
     date_started = fields.Datetime("Started", required=True, default=fields.Datetime.now, readonly=True)
     date_done = fields.Datetime("Ended", readonly=True)
     duration = fields.Float("Duration (s)", compute="_compute_duration", digits=(16, 1))
@@ -100,6 +102,28 @@ class ExchangeSyncRun(models.Model):
             )
         self.write(values)
 
+    @api.model
+    def _close_interrupted(self, user, worker_gone_at):
+        """Close ``user``'s runs still "Started": their worker died (a new lease was just taken).
+
+        ``worker_gone_at`` is when the dead worker's lease expired, the time by which it surely
+        stopped; the runs end there, saying so.
+        """
+        ghosts = self.sudo().search([("user_id", "=", user.id), ("state", "=", "started")])
+        for run in ghosts:
+            run.write({
+                "state": "interrupted",
+                "date_done": max(worker_gone_at, run.date_started),
+                "exc_name": "WorkerInterrupted",
+                "exc_message": self.env._(
+                    "The worker running this sync stopped before the end (killed or restarted, e.g. at "
+                    "the server's time limit); its lease expired at %(expired)s UTC. The next sync "
+                    "continued from the last saved page.", expired=fields.Datetime.to_string(worker_gone_at)),
+            })
+        if ghosts:
+            _logger.info("Closed %d interrupted Exchange sync run(s) of user %s", len(ghosts), user.login)
+        return ghosts
+
     @api.autovacuum
     def _gc_old_runs(self):
         """Forget runs older than ``exchange_connector.sync_run_retention_days`` (30 by default)."""
@@ -107,3 +131,14 @@ class ExchangeSyncRun(models.Model):
             "sync_run_retention_days", DEFAULT_RUN_RETENTION_DAYS)
         limit = fields.Datetime.now() - timedelta(days=days)
         self.sudo().search([("date_started", "<", limit), ("state", "!=", "started")]).unlink()
+
+    @api.autovacuum
+    def _gc_interrupted_runs(self):
+        """Close the runs of dead workers whose mailbox no sync took since (disconnected, locked out)."""
+        now = fields.Datetime.now()
+        ghosts = self.sudo().search([
+            ("state", "=", "started"), ("date_started", "<", now - timedelta(days=1))])
+        mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", ghosts.user_id.ids)])
+        for mailbox in mailboxes:
+            if not mailbox.sync_lease_until or mailbox.sync_lease_until < now:
+                self._close_interrupted(mailbox.user_id, mailbox.sync_lease_until or now)

@@ -11,36 +11,41 @@ DEFAULT_MIN_SYNC_INTERVAL = 5
 class ResConfigSettings(models.TransientModel):
     _inherit = "res.config.settings"
 
+    # Every field is for administrators: default_get() is callable over RPC by any internal user and
+    # would return the config parameters as they are (the client secret, and the tenant, endpoints,
+    # CA path and allowed servers that map the company's set-up).
     exchange_tenant_id = fields.Char(
         "Azure tenant ID", config_parameter="exchange_connector.tenant_id", default="organizations",
+        groups="base.group_system",
         help="Directory (tenant) ID of the Azure app, or 'organizations' for a multi-tenant app.")
     exchange_client_id = fields.Char(
-        "Azure client ID", config_parameter="exchange_connector.client_id")
+        "Azure client ID", config_parameter="exchange_connector.client_id", groups="base.group_system")
     exchange_client_secret = fields.Char(
         "Azure client secret", config_parameter="exchange_connector.client_secret",
-        # res.config.settings.default_get() is callable by any internal user over RPC and would
-        # return config parameters as they are; the group keeps the secret out of it.
         groups="base.group_system")
     exchange_authority_host = fields.Char(
         "Identity platform host", config_parameter="exchange_connector.authority_host",
-        default=DEFAULT_AUTHORITY_HOST,
+        default=DEFAULT_AUTHORITY_HOST, groups="base.group_system",
         help="Change only for a national cloud (e.g. https://login.microsoftonline.us) or a test tenant.")
     exchange_graph_url = fields.Char(
-        "Microsoft Graph URL", config_parameter="exchange_connector.graph_url", default=DEFAULT_GRAPH_URL)
+        "Microsoft Graph URL", config_parameter="exchange_connector.graph_url", default=DEFAULT_GRAPH_URL,
+        groups="base.group_system")
     exchange_ca_bundle_path = fields.Char(
         "CA bundle for Microsoft", config_parameter="exchange_connector.ca_bundle_path",
+        groups="base.group_system",
         help="Path of a PEM file on the Odoo server that signs the identity platform and Graph "
              "certificates. Leave empty to trust the system's certificate authorities.")
     exchange_ews_allowed_hosts = fields.Char(
         "Allowed Exchange servers", config_parameter="exchange_connector.ews_allowed_hosts",
+        groups="base.group_system",
         help="Comma-separated host names users may enter as their EWS server (\"*.example.com\" allows "
              "a domain's hosts). Empty: any host.")
     exchange_default_sync_interval = fields.Integer(
         "Default sync interval (minutes)", config_parameter="exchange_connector.default_sync_interval",
-        default=DEFAULT_SYNC_INTERVAL)
+        default=DEFAULT_SYNC_INTERVAL, groups="base.group_system")
     exchange_min_sync_interval = fields.Integer(
         "Minimum sync interval (minutes)", config_parameter="exchange_connector.min_sync_interval",
-        default=DEFAULT_MIN_SYNC_INTERVAL,
+        default=DEFAULT_MIN_SYNC_INTERVAL, groups="base.group_system",
         help="Users cannot sync more often than this: it protects the Odoo server and the mailboxes' "
              "Microsoft request budget.")
     exchange_event_create_partners = fields.Boolean(

@@ -2,7 +2,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import secrets
+import ssl
 import time
 import warnings
 from urllib.parse import urlsplit
@@ -10,6 +12,7 @@ from urllib.parse import urlsplit
 from odoo import api, fields, models, tools
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.tools import consteq, email_normalize, hmac
+from odoo.tools.mail import single_email_re
 
 from ..services import (
     AuthenticationError,
@@ -20,8 +23,9 @@ from ..services import (
 )
 from ..services.auth import GraphOAuth
 from ..services.ews import EwsBackend
+from ..services.ews_url import InvalidEwsUrl, parse_ews_url
 from ..services.graph import GraphBackend
-from .exchange_mailbox import MAILBOX_STATES, SYNC_STATE_FIELDS
+from .exchange_mailbox import MAILBOX_STATES, SYNC_STATE_FIELDS, StoredTokenCache
 from .res_config_settings import (
     DEFAULT_AUTHORITY_HOST,
     DEFAULT_GRAPH_URL,
@@ -36,6 +40,30 @@ OAUTH_CALLBACK_PATH = "/exchange_connector/oauth/callback"
 CONNECT_TOKEN_SCOPE = "exchange_connector_connect"
 CONNECT_TOKEN_LIFETIME = 600  # seconds between a click on Connect and the redirect it causes
 MAX_EVENT_WINDOW_DAYS = 3650
+MAX_SYNC_INTERVAL = 7 * 24 * 60  # minutes: a week
+# What a user may type, at most: beyond, a value only costs (a long password keeps a worker hashing
+# NTLM for minutes, a CA bundle is parsed at every connection). Exchange's own limits are lower.
+EXCHANGE_TEXT_LIMITS = {
+    "exchange_email": 254,  # RFC 5321
+    "exchange_ews_url": 2048,
+    "exchange_ews_username": 256,
+    "exchange_ews_password": 256,  # Active Directory's maximum
+    "exchange_ca_bundle": 256 * 1024,  # a few dozen certificates
+    "exchange_transfer_folder_in": 255,  # Exchange's folder name maximum
+    "exchange_transfer_folder_out": 255,
+}
+# Pasted values often come with a space or a line break around them; a password is taken as typed.
+EXCHANGE_STRIPPED_FIELDS = (
+    "exchange_email", "exchange_ews_url", "exchange_ews_username",
+    "exchange_transfer_folder_in", "exchange_transfer_folder_out",
+)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# PEM is text in lines: line breaks and tabs are fine there.
+PEM_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+CA_FOLDER = os.path.join("exchange_connector", "ca")
+# A CA file younger than this is kept even when no user names it: a worker may be about to open it.
+CA_FILE_GRACE_SECONDS = 60
 # Which mailbox a user's settings point at: changing one of these starts over with another mailbox.
 MAILBOX_IDENTITY_FIELDS = {"exchange_account_type", "exchange_email", "exchange_ews_url"}
 # Writing any of these means the user fixed their credentials: the lockout is lifted.
@@ -51,6 +79,9 @@ USER_CREDENTIAL_FAILURES = ("password", "invalid_grant", "no_account", "token")
 # The mailbox's connection state, which its user may read too.
 EXCHANGE_STATUS_FIELDS = ["exchange_state", "exchange_connected_email", "exchange_last_error"]
 EXCHANGE_STATUS_FIELDS += ["exchange_outlook_calendar_syncs"]
+# Who may have a mailbox: every internal user (implied by base.group_user); an administrator may
+# remove that implication and give the group to some users only.
+MAILBOX_USER_GROUP = "exchange_connector.group_exchange_user"
 
 # Settings a user may read and change on their own record (preferences), although
 # res.users is otherwise writable by administrators only. Secrets that only server code
@@ -76,6 +107,8 @@ EXCHANGE_SELF_FIELDS = [
     "exchange_sync_contacts",
     "exchange_event_private",
 ]
+# Everything of the feature on the user: closed to portal and public users.
+EXCHANGE_USER_FIELDS = frozenset(EXCHANGE_SELF_FIELDS + EXCHANGE_STATUS_FIELDS + ["exchange_token_cache"])
 
 
 class ResUsers(models.Model):
@@ -86,11 +119,15 @@ class ResUsers(models.Model):
         string="Mailbox type", copy=False,
         help="Office 365 mailboxes are reached through Microsoft Graph (EWS for Exchange Online was "
              "retired on 1 October 2026); on-premises Exchange 2010 SP2 and later through EWS.")
-    exchange_email = fields.Char("Mailbox address", copy=False)
+    # Which mailbox, where and as whom: the owner reads them through SELF_READABLE_FIELDS, the
+    # other users not at all (they name servers and accounts to try passwords against).
+    exchange_email = fields.Char("Mailbox address", copy=False, groups="base.group_system")
     exchange_ews_url = fields.Char(
-        "EWS URL", copy=False, help="For example https://mail.example.com/EWS/Exchange.asmx")
+        "EWS URL", copy=False, groups="base.group_system",
+        help="For example https://mail.example.com/EWS/Exchange.asmx")
     exchange_ews_username = fields.Char(
-        "EWS user name", copy=False, help="DOMAIN\\user or the user principal name.")
+        "EWS user name", copy=False, groups="base.group_system",
+        help="DOMAIN\\user or the user principal name.")
     exchange_ews_password = fields.Char("EWS password", copy=False, groups="base.group_system")
     exchange_ews_auth = fields.Selection(
         [("ntlm", "NTLM"), ("basic", "Basic")], string="EWS authentication", default="ntlm")
@@ -98,7 +135,7 @@ class ResUsers(models.Model):
         "Verify TLS certificates", default=True,
         help="Switch off only for a test server: the password would be sent to anyone in between.")
     exchange_ca_bundle = fields.Text(
-        "Trusted CA certificates (PEM)",
+        "Trusted CA certificates (PEM)", groups="base.group_system",
         help="On-premises servers often use an in-house certificate authority: paste its "
              "certificate(s) here to trust it for this mailbox.")
     exchange_transfer_folder_in = fields.Char(
@@ -143,6 +180,34 @@ class ResUsers(models.Model):
     def SELF_WRITEABLE_FIELDS(self):
         return super().SELF_WRITEABLE_FIELDS + EXCHANGE_SELF_FIELDS
 
+    # -- who may use a mailbox at all ------------------------------------------
+    # The self-readable/-writeable lists are the same for every user, portal users included:
+    # the mailbox fields and buttons are closed here to whoever is not a mailbox user.
+
+    @api.model
+    def _exchange_may_use_mailboxes(self):
+        """Whether the current user may have a mailbox: internal users (the mailbox group), administrators."""
+        user = self.env.user
+        return self.env.su or user.has_group(MAILBOX_USER_GROUP) or user.has_group("base.group_system")
+
+    @api.model
+    def _exchange_check_may_use_mailboxes(self):
+        if not self._exchange_may_use_mailboxes():
+            raise AccessError(self.env._(
+                "Office 365 / Exchange mailboxes are for internal users whom the administrator allows to "
+                "use them: ask your administrator."))
+
+    def _has_field_access(self, field, operation):
+        if field.name in EXCHANGE_USER_FIELDS and not self._exchange_may_use_mailboxes():
+            return False
+        return super()._has_field_access(field, operation)
+
+    def read(self, fields=None, load="_classic_read"):
+        # res.users reads the self-readable fields as superuser, past _has_field_access.
+        if fields and EXCHANGE_USER_FIELDS.intersection(fields):
+            self._exchange_check_may_use_mailboxes()
+        return super().read(fields=fields, load=load)
+
     @api.model
     def _exchange_param_int(self, key, default):
         value = self.env["ir.config_parameter"].sudo().get_param(f"exchange_connector.{key}")
@@ -180,26 +245,113 @@ class ResUsers(models.Model):
         # to probe the company network. Administrators name the Exchange servers users may enter.
         param = self.env["ir.config_parameter"].sudo().get_param("exchange_connector.ews_allowed_hosts")
         allowed = [host.strip().lower() for host in (param or "").split(",") if host.strip()]
-        for user in self.filtered("exchange_ews_url"):
-            parts = urlsplit(user.exchange_ews_url.strip())
-            host = (parts.hostname or "").lower()
-            if parts.scheme not in ("https", "http") or not host:
-                raise ValidationError(self.env._(
-                    "The EWS URL of %(user)s is not a web address: it looks like "
-                    "https://mail.example.com/EWS/Exchange.asmx.", user=user.name))
-            if parts.scheme == "http" and user.exchange_ews_auth == "basic":
+        for user in self.sudo().filtered("exchange_ews_url"):
+            address = self._exchange_parse_ews_url(user.exchange_ews_url)
+            if address.scheme == "http" and user.exchange_ews_auth == "basic":
                 raise ValidationError(self.env._(
                     "Basic authentication would send the password of %(user)s readable over http: use the "
                     "https:// address of the server, or NTLM.", user=user.name))
-            if allowed and not any(
-                    host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]))
-                    for pattern in allowed):
+            if allowed and not any(address.host_matches(pattern) for pattern in allowed):
+                # The list itself is the administrator's: it is not shown to users.
                 raise ValidationError(self.env._(
-                    "%(host)s is not one of the Exchange servers your administrator allows (%(allowed)s): "
-                    "ask them, or check the EWS URL.", host=host, allowed=", ".join(allowed)))
+                    "The server in this EWS URL is not one of the Exchange servers your administrator "
+                    "allows: check the EWS URL, or ask your administrator."))
+
+    @api.model
+    def _exchange_parse_ews_url(self, url):
+        """The :class:`EwsUrl` of ``url`` as the HTTP client reads it; ValidationError saying what to fix."""
+        try:
+            return parse_ews_url(url)
+        except InvalidEwsUrl as error:
+            reason = error.reason
+        if reason == "credentials":
+            message = self.env._(
+                "The EWS URL must not contain a user name or password: remove the part before “@” and "
+                "enter them in the EWS user name and password fields.")
+        elif reason in ("characters", "length"):
+            message = self.env._(
+                "The EWS URL contains spaces, line breaks, backslashes or other characters a web address "
+                "cannot have: type it again, e.g. https://mail.example.com/EWS/Exchange.asmx.")
+        elif reason == "host":
+            message = self.env._(
+                "The server name in the EWS URL is not a host name: type it again, e.g. "
+                "https://mail.example.com/EWS/Exchange.asmx.")
+        else:
+            message = self.env._(
+                "The EWS URL is not a web address: it looks like https://mail.example.com/EWS/Exchange.asmx.")
+        raise ValidationError(message)
+
+    @api.model
+    def _exchange_clean_values(self, vals):
+        """Check what a user typed before it is stored, and trim pasted spaces and line breaks.
+
+        Bounds every text and number (Exchange's own limits are lower), refuses control
+        characters (a NUL would only meet a database error) and checks the mailbox address,
+        the EWS URL and the CA certificates. Returns the values to store; raises
+        ValidationError with what to fix.
+        """
+        vals = dict(vals)
+        for name in EXCHANGE_STRIPPED_FIELDS:
+            if isinstance(vals.get(name), str):
+                vals[name] = vals[name].strip()
+        for name, limit in EXCHANGE_TEXT_LIMITS.items():
+            value = vals.get(name)
+            if not value:
+                continue
+            label = self._fields[name]._description_string(self.env)
+            if not isinstance(value, str) or len(value) > limit:
+                raise ValidationError(self.env._(
+                    "%(field)s is too long: it takes at most %(limit)s characters.",
+                    field=label, limit=limit))
+            characters = PEM_CONTROL_CHARACTERS if name == "exchange_ca_bundle" else CONTROL_CHARACTERS
+            if characters.search(value):
+                raise ValidationError(self.env._(
+                    "%(field)s contains a line break, tab or other control character: type it again "
+                    "without them.", field=label))
+        if vals.get("exchange_email") and not single_email_re.match(vals["exchange_email"]):
+            raise ValidationError(self.env._(
+                "“%(address)s” is not a mailbox address: enter one like name@company.com.",
+                address=vals["exchange_email"]))
+        if vals.get("exchange_ews_url"):
+            self._exchange_parse_ews_url(vals["exchange_ews_url"])
+        if vals.get("exchange_ca_bundle"):
+            self._exchange_check_ca_bundle(vals["exchange_ca_bundle"])
+        self._exchange_check_numbers(vals)
+        return vals
+
+    @api.model
+    def _exchange_check_numbers(self, vals):
+        # Before the database sees them: beyond its integer range they would only raise its error.
+        if "exchange_sync_interval" in vals:
+            minimum = self._exchange_param_int("min_sync_interval", DEFAULT_MIN_SYNC_INTERVAL)
+            if not minimum <= (vals["exchange_sync_interval"] or 0) <= MAX_SYNC_INTERVAL:
+                raise ValidationError(self.env._(
+                    "The sync interval must be at least %(minimum)s minutes (your administrator's minimum) "
+                    "and at most %(maximum)s minutes (a week).", minimum=minimum, maximum=MAX_SYNC_INTERVAL))
+        for name in ("exchange_event_days_back", "exchange_event_days_ahead"):
+            if name in vals and not 0 <= (vals[name] or 0) <= MAX_EVENT_WINDOW_DAYS:
+                raise ValidationError(self.env._(
+                    "The event window counts days back and days ahead: use 0 to %(maximum)s for both.",
+                    maximum=MAX_EVENT_WINDOW_DAYS))
+
+    @api.model
+    def _exchange_check_ca_bundle(self, pem):
+        """Refuse text that is not PEM certificates OpenSSL can load."""
+        problem = PEM_CERTIFICATE not in pem
+        if not problem:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+            except (ssl.SSLError, ValueError):
+                problem = True
+        if problem:
+            raise ValidationError(self.env._(
+                "Trusted CA certificates takes certificates in PEM form, each from “-----BEGIN "
+                "CERTIFICATE-----” to “-----END CERTIFICATE-----”: paste them again, or leave the field "
+                "empty to trust the system's certificate authorities."))
 
     @api.model_create_multi
     def create(self, vals_list):
+        vals_list = [self._exchange_clean_values(vals) for vals in vals_list]
         users = super().create(vals_list)
         for user in users.filtered("exchange_account_type"):
             user._exchange_mailbox()
@@ -219,6 +371,9 @@ class ResUsers(models.Model):
             normalized(field, user[field]) != normalized(field, vals[field]) for field in changed))
 
     def write(self, vals):
+        if EXCHANGE_USER_FIELDS.intersection(vals):
+            self._exchange_check_may_use_mailboxes()
+            vals = self._exchange_clean_values(vals)
         switched = self._exchange_switches_mailbox(vals)
         private_changed = self.filtered(lambda user: user.exchange_account_type and vals.get(
             "exchange_event_private", user.exchange_event_private) != user.exchange_event_private)
@@ -237,6 +392,8 @@ class ResUsers(models.Model):
                     user._exchange_mark_connected()
                 else:
                     user._exchange_mark_disconnected()
+        if "exchange_ca_bundle" in vals:
+            self._exchange_remove_unused_ca_files()
         if EXCHANGE_CREDENTIAL_FIELDS.intersection(vals):
             # Whoever could write the credentials may also lift the lockout they caused.
             self.sudo()._exchange_reset_lockout()
@@ -260,6 +417,7 @@ class ResUsers(models.Model):
 
     def _exchange_check_can_manage(self):
         """Only the user themself or an administrator may connect, test or disconnect a mailbox."""
+        self._exchange_check_may_use_mailboxes()
         for user in self:
             if user != self.env.user and not self.env.user.has_group("base.group_system"):
                 raise AccessError(self.env._(
@@ -311,6 +469,7 @@ class ResUsers(models.Model):
     def _exchange_oauth_start(self):
         """Start the sign-in (authorization code + PKCE); returns msal's flow, to keep in the HTTP session."""
         self.ensure_one()
+        self._exchange_check_may_use_mailboxes()
         if self != self.env.user:
             raise AccessError(self.env._("Only %(user)s can connect their own mailbox.", user=self.name))
         oauth = self._exchange_graph_oauth()
@@ -361,6 +520,7 @@ class ResUsers(models.Model):
     def action_exchange_connect(self):
         """Connect button: send the browser to Microsoft's sign-in page, through the OAuth controller."""
         self.ensure_one()
+        self._exchange_check_may_use_mailboxes()
         if self != self.env.user:
             raise UserError(self.env._(
                 "Only %(user)s can connect their mailbox: the Microsoft sign-in happens in their own "
@@ -455,6 +615,12 @@ class ResUsers(models.Model):
         self.ensure_one()
         self._exchange_check_can_manage()
         check = self._exchange_check_connection()
+        if not check["mailbox"]:
+            # What the user reads now replaces an older error, whatever refused this test (the seam
+            # records Microsoft's refusals itself, with their code).
+            mailbox = self.sudo()._exchange_mailbox()
+            if mailbox.last_error != check["message"]:
+                mailbox.write({"last_error": check["message"], "last_error_code": False})
         return self._exchange_notification(check["message"], "success" if check["ok"] else "danger")
 
     def action_exchange_create_transfer_folders(self):
@@ -530,6 +696,11 @@ class ResUsers(models.Model):
             if error.kind == "state":
                 return self.env._(
                     "The Microsoft sign-in answer does not belong to this sign-in: click Connect again.")
+            if error.kind == "auth_method":
+                return self.env._(
+                    "%(host)s does not offer NTLM sign-in: choose Basic authentication with the https:// "
+                    "address of the server, or ask your Exchange administrator to enable NTLM for EWS.",
+                    host=self._exchange_server_host())
         if isinstance(error, ConnectionProblem):
             host = self._exchange_server_host()
             if error.kind == "dns":
@@ -541,6 +712,10 @@ class ResUsers(models.Model):
                     "The certificate of %(host)s is not trusted: paste your company's CA certificate under "
                     "Trusted CA certificates (for Office 365, ask your administrator to set the CA bundle "
                     "in Settings).", host=host)
+            if error.kind == "unavailable":
+                return self.env._(
+                    "%(host)s answered that Exchange is unavailable (HTTP 503): it is overloaded or under "
+                    "maintenance. Try again later; if it lasts, tell your Exchange administrator.", host=host)
             if error.kind == "timeout":
                 return self.env._(
                     "%(host)s did not answer in time: try again later, or check that the Odoo server can "
@@ -622,14 +797,18 @@ class ResUsers(models.Model):
             with user._exchange_backend(budget=RunBudget(60)) as backend:
                 backend.whoami()
 
-        On exit the rotated OAuth token cache is saved, the backend closed and the outcome
-        recorded on the user's exchange.mailbox, in the current transaction: success resets the
-        failure counter; an :class:`AuthenticationError` leaving the block counts as a failed
-        sign-in, and at ``exchange_connector.max_auth_failures`` (3) the mailbox is locked
-        (state ``auth_failed``) and the user notified. A locked mailbox gets no backend at all
+        A rotated OAuth token cache is committed the moment Microsoft hands it out (see
+        :class:`StoredTokenCache`; saved on exit, in the current transaction, only for a user not
+        committed yet). On exit the backend is closed and the outcome recorded on the user's
+        exchange.mailbox, in the current transaction: success resets the failure counter; an
+        :class:`AuthenticationError` leaving the block counts as a failed sign-in, and at
+        ``exchange_connector.max_auth_failures`` (3) the mailbox is locked (state
+        ``auth_failed``) and the user notified. A locked mailbox gets no backend at all
         (UserError) until the user reconnects or changes the credentials, so that scheduled
-        runs never get the account locked out by Exchange. Let AuthenticationError propagate
-        out of the block; callers that turn errors into a UserError roll the counting back.
+        runs never get the account locked out by Exchange; an Exchange account that refused too
+        many passwords lately gets none either (``exchange.sign.in.failure``), whatever was
+        written meanwhile. Let AuthenticationError propagate out of the block; callers that turn
+        errors into a UserError roll the counting back.
         """
         self.ensure_one()
         user = self.sudo()
@@ -639,12 +818,20 @@ class ResUsers(models.Model):
                 "Exchange authentication failed — reconnect: the connector stopped using the mailbox of "
                 "%(user)s after repeated failed sign-ins. Click Connect (Office 365) or correct the password "
                 "(Exchange) in the preferences.", user=user.name))
+        failures = self.env["exchange.sign.in.failure"]
+        account = user._exchange_password_account()
+        actor_uid = failures._actor_uid(user)
+        if account:
+            # Whatever was written meanwhile (a new password lifts the lockout): no endless guessing.
+            failures._check_allowed(account, actor_uid)
         backend = provider = None
         sign_in_used = user.exchange_token_cache
         try:
             backend, provider = user._exchange_new_backend(budget)
             yield backend
         except AuthenticationError as error:
+            if error.kind == "password" and account:
+                failures._record(account, actor_uid)
             if error.kind in USER_CREDENTIAL_FAILURES:
                 mailbox._exchange_record_auth_failure(error)
             else:
@@ -668,6 +855,19 @@ class ResUsers(models.Model):
                     user.with_context(exchange_token_rotation=True).exchange_token_cache = provider.cache_blob
             if backend is not None:
                 backend.close()
+
+    def _exchange_password_account(self):
+        """The key of the Exchange account this user's password is tried on (None for Office 365)."""
+        self.ensure_one()
+        user = self.sudo()
+        if user.exchange_account_type != "ews" or not user.exchange_ews_url:
+            return None
+        try:
+            host = parse_ews_url(user.exchange_ews_url).host
+        except InvalidEwsUrl:
+            host = user.exchange_ews_url
+        return self.env["exchange.sign.in.failure"]._account_key(
+            host, user.exchange_ews_username or user.exchange_email)
 
     def _exchange_new_backend(self, budget=None):
         """Build ``(backend, token_provider or None)`` from the user's settings and the company's."""
@@ -695,7 +895,9 @@ class ResUsers(models.Model):
     def _exchange_new_graph_backend(self, budget, cache_blob=None):
         # The Azure app and CA settings are read in one place, next to the sign-in that uses them too.
         oauth = self._exchange_graph_oauth(cache_blob or self.exchange_token_cache or None)
-        provider = oauth.delegated_token_provider(self.exchange_email)
+        # The stored sign-in is shared with every worker: its refreshes go through the store.
+        store = None if cache_blob else StoredTokenCache(self.env.registry, self.id)
+        provider = oauth.delegated_token_provider(self.exchange_email, token_store=store)
         graph_url = (self.env["ir.config_parameter"].sudo().get_param("exchange_connector.graph_url")
                      or DEFAULT_GRAPH_URL)
         backend = GraphBackend(self.exchange_email, provider, graph_url=graph_url,
@@ -706,12 +908,11 @@ class ResUsers(models.Model):
         """requests' ``verify`` for the EWS server: False, the user's own CA certificates, or the system's."""
         if not self.exchange_verify_tls:
             return False
-        pem = (self.exchange_ca_bundle or "").strip()
-        if not pem:
+        data = self._exchange_ca_file_content(self.exchange_ca_bundle)
+        if not data:
             return True
         # requests wants a file; one per distinct bundle, named by content, written once.
-        data = (pem + "\n").encode()
-        folder = os.path.join(tools.config["data_dir"], "exchange_connector", "ca")
+        folder = self._exchange_ca_folder()
         path = os.path.join(folder, hashlib.sha256(data).hexdigest() + ".pem")
         if not os.path.exists(path):
             os.makedirs(folder, exist_ok=True)
@@ -721,10 +922,46 @@ class ResUsers(models.Model):
             os.replace(temporary, path)
         return path
 
+    @api.model
+    def _exchange_ca_folder(self):
+        """Where this database's CA files are: in its filestore, so that it cleans only its own."""
+        return os.path.join(tools.config.filestore(self.env.cr.dbname), CA_FOLDER)
+
+    @staticmethod
+    def _exchange_ca_file_content(pem):
+        pem = (pem or "").strip()
+        return (pem + "\n").encode() if pem else b""
+
+    @api.model
+    def _exchange_remove_unused_ca_files(self):
+        """Delete the CA files no user's bundle names any more (one just written is left a minute).
+
+        Safe at any time: a missing file is written again when its bundle is next used.
+        """
+        folder = self._exchange_ca_folder()
+        if not os.path.isdir(folder):
+            return
+        users = self.sudo().with_context(active_test=False).search([("exchange_ca_bundle", "!=", False)])
+        used = {hashlib.sha256(self._exchange_ca_file_content(pem)).hexdigest() + ".pem"
+                for pem in users.mapped("exchange_ca_bundle")}
+        now = time.time()
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if name in used:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - os.path.getmtime(path) > CA_FILE_GRACE_SECONDS:
+                    os.remove(path)
+
+    @api.autovacuum
+    def _gc_exchange_ca_files(self):
+        self._exchange_remove_unused_ca_files()
+
     # -- manual trigger -------------------------------------------------------
 
     def action_exchange_sync_now(self):
         """Ask for a sync of these users' mailboxes at once: the scheduled job does it in the background."""
+        self._exchange_check_may_use_mailboxes()
         if any(user != self.env.user for user in self) and not self.env.user.has_group("base.group_system"):
             raise AccessError(self.env._("You can only synchronise your own mailbox."))
         for user in self:
@@ -761,7 +998,7 @@ class ResUsers(models.Model):
         ``last_error``. Always about the caller: nothing here reveals another user's mailbox.
         """
         user = self.env.user
-        if user.share or not user.exchange_account_type:
+        if user.share or not self._exchange_may_use_mailboxes() or not user.exchange_account_type:
             return {"configured": False}
         mailbox = self.env["exchange.mailbox"].sudo().search([("user_id", "=", user.id)], limit=1)
         last_sync = mailbox.last_sync_done

@@ -19,9 +19,18 @@ Typical use by the Odoo side::
 A token provider is a callable ``provider(force_refresh=False) -> str``
 returning an access token; GraphBackend calls it with ``force_refresh=True``
 once after a 401.
+
+Microsoft may make a refresh token single-use: a rotated one must be stored
+before anything else can fail, and two workers must not redeem the same one.
+A delegated provider given a ``token_store`` (see :class:`TokenStore`) does
+each refresh inside ``token_store.refreshing()``, which serializes the
+refreshes of one mailbox and hands over the newest stored cache, and stores
+the rotated cache at once with ``token_store.save()``.
 """
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import msal
@@ -65,6 +74,30 @@ class SignedIn:
     cache_blob: str
 
 
+#: msal's own margin: an access token expiring sooner than this is refreshed.
+ACCESS_TOKEN_MARGIN = 300
+
+
+class TokenStore:
+    """Where a mailbox's token cache is kept, shared by every process that uses the mailbox.
+
+    An implementation (the Odoo side's, or a test's) overrides the three methods.
+    """
+
+    @contextlib.contextmanager
+    def refreshing(self):
+        """Hold the mailbox's refresh lock; yield the newest stored cache blob (None: nothing stored)."""
+        yield None
+
+    def newest(self):
+        """The stored cache blob as it is now (inside :meth:`refreshing`)."""
+        return None
+
+    def save(self, cache_blob, replaces):
+        """Store ``cache_blob`` at once if the stored cache is still ``replaces``; True when stored."""
+        return False
+
+
 def _oauth_error(result, what):
     """Turn an msal error dict into an AuthenticationError (or ExchangeError) with a kind."""
     code = result.get("error") or "unknown_error"
@@ -101,6 +134,8 @@ class GraphOAuth:
         self.cache = msal.SerializableTokenCache()
         if cache_blob:
             self.cache.deserialize(cache_blob)
+        #: The blob the cache was last loaded from, as stored.
+        self.loaded_blob = cache_blob
         self._session = new_http_session(verify)
         try:
             self.app = msal.ConfidentialClientApplication(
@@ -173,9 +208,19 @@ class GraphOAuth:
         email = claims.get("preferred_username") or claims.get("email") or claims.get("upn") or ""
         return SignedIn(email=email, display_name=claims.get("name", ""), cache_blob=self.cache_blob)
 
-    def delegated_token_provider(self, email, scopes=None):
-        """A token provider for ``email``'s delegated tokens, refreshed silently from the cache."""
-        return _DelegatedTokenProvider(self, email, scopes or DELEGATED_SCOPES)
+    def delegated_token_provider(self, email, scopes=None, token_store=None):
+        """A token provider for ``email``'s delegated tokens, refreshed silently from the cache.
+
+        With a :class:`TokenStore`, refreshes are serialized through it and each rotated
+        cache is saved there the moment it is received (``cache_changed`` then stays False,
+        unless the store could not take it).
+        """
+        return _DelegatedTokenProvider(self, email, scopes or DELEGATED_SCOPES, token_store)
+
+    def load(self, cache_blob):
+        """Replace the cache's content with ``cache_blob`` (a newer one stored by another process)."""
+        self.cache.deserialize(cache_blob)
+        self.loaded_blob = cache_blob
 
     def app_token_provider(self, scopes=None):
         """A token provider for app-only tokens (client credentials), for ``GraphBackend(app_only=True)``."""
@@ -219,17 +264,24 @@ class _TokenProvider:
 
 
 class _DelegatedTokenProvider(_TokenProvider):
-    def __init__(self, oauth, email, scopes):
+    def __init__(self, oauth, email, scopes, token_store=None):
         super().__init__(oauth, scopes)
         self.email = email
+        self.token_store = token_store
+        # The stored cache this provider's tokens come from: what a save may replace.
+        self._stored = oauth.loaded_blob
 
-    def _acquire(self, force_refresh):
+    def _accounts(self):
         accounts = self.oauth.app.get_accounts(username=self.email)
         if not accounts:
             # The sign-in name (UPN) often differs from the mailbox address: a cache that holds
             # one user's sign-in alone (one cache per Odoo user) needs no name to find it.
             everyone = self.oauth.app.get_accounts()
             accounts = everyone if len(everyone) == 1 else []
+        return accounts
+
+    def _acquire(self, force_refresh):
+        accounts = self._accounts()
         if not accounts:
             raise AuthenticationError(
                 f"No stored sign-in for {self.email}: sign in again.", kind="no_account", code="no_account"
@@ -237,6 +289,64 @@ class _DelegatedTokenProvider(_TokenProvider):
         return self.oauth.app.acquire_token_silent_with_error(
             self.scopes, account=accounts[0], force_refresh=force_refresh
         )
+
+    def _fresh_access_token(self):
+        """An access token of the cache that msal would hand out without asking Microsoft, or None."""
+        accounts = self._accounts()
+        if not accounts:
+            return None
+        now = time.time()
+        query = {"home_account_id": accounts[0]["home_account_id"]}
+        for entry in self.oauth.cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN, query=query):
+            expires_in = int(entry.get("expires_on", 0)) - now
+            refresh_due = entry.get("refresh_on") and int(entry["refresh_on"]) <= now
+            if expires_in > ACCESS_TOKEN_MARGIN and not refresh_due:
+                return entry["secret"]
+        return None
+
+    def __call__(self, force_refresh=False):
+        if self.token_store is None:
+            return super().__call__(force_refresh)
+        if not force_refresh:
+            token = self._fresh_access_token()
+            if token:
+                return token
+        with self.token_store.refreshing() as newest:
+            if newest and newest != self._stored:
+                # Another worker refreshed meanwhile: its refresh token is the one still valid.
+                self._use(newest)
+                token = None if force_refresh else self._fresh_access_token()
+                if token:
+                    return token
+            try:
+                return super().__call__(force_refresh)
+            except AuthenticationError as error:
+                newest = self.token_store.newest() if error.kind == "invalid_grant" else None
+                if not newest or newest == self._stored:
+                    raise
+                # "Already redeemed" by a refresh that raced this one (outside the lock): use the newest.
+                _logger.info("Refresh token of %s already redeemed elsewhere: retrying with the newest one",
+                             self.email)
+                self._use(newest)
+                return super().__call__(force_refresh)
+            finally:
+                self._save()
+
+    def _use(self, cache_blob):
+        self.oauth.load(cache_blob)
+        self._stored = cache_blob
+
+    def _save(self):
+        """Store a rotated cache now, before anything else can fail (a crash, a rollback)."""
+        if not self.oauth.cache_changed:
+            return
+        blob = self.oauth.cache_blob  # serializing resets cache_changed
+        if self.token_store.save(blob, replaces=self._stored):
+            self._stored = blob
+        else:
+            # Not stored (the sign-in was replaced meanwhile, or the store is unavailable): the
+            # caller still sees it as changed and decides.
+            self.oauth.cache.has_state_changed = True
 
 
 class _AppTokenProvider(_TokenProvider):

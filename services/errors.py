@@ -53,7 +53,8 @@ class AuthenticationError(ExchangeError):
     - ``"consent"``: the app lacks consent or a permission (403 / AADSTS65001);
     - ``"no_account"``: the token cache holds no account to refresh silently;
     - ``"client"``: the application id / secret is wrong (invalid_client);
-    - ``"state"``: the sign-in answer does not belong to the flow that was started.
+    - ``"state"``: the sign-in answer does not belong to the flow that was started;
+    - ``"auth_method"``: the server does not offer the authentication chosen (a 401 without NTLM).
     """
 
     def __init__(self, message, kind="token", **kwargs):
@@ -62,7 +63,10 @@ class AuthenticationError(ExchangeError):
 
 
 class ConnectionProblem(ExchangeError):
-    """The server could not be reached; ``kind`` is "dns", "refused", "tls" or "timeout"."""
+    """The server could not be reached; ``kind`` is "dns", "refused", "tls", "timeout" or "unavailable".
+
+    "unavailable": the server answered, but with HTTP 503 (overloaded, or under maintenance).
+    """
 
     def __init__(self, message, kind="refused", transient=False, **kwargs):
         super().__init__(message, **kwargs)

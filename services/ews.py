@@ -527,6 +527,14 @@ class EwsBackend(MailboxBackend):
                 transient(exc)
             except ews_errors.UnauthorizedError as exc:
                 raise self._bad_credentials() from exc
+            except PermissionError as exc:
+                if "NTLM" not in str(exc):
+                    raise
+                # requests_ntlm: a 401 that offers no NTLM (Kerberos or Basic only).
+                raise AuthenticationError(
+                    f"{self.ews_url} does not offer NTLM: {exc}", kind="auth_method", code="NtlmNotOffered",
+                    status=401,
+                ) from exc
             except (
                 ews_errors.ErrorFolderNotFound,
                 ews_errors.ErrorItemNotFound,
@@ -540,6 +548,12 @@ class EwsBackend(MailboxBackend):
                 text = str(exc)
                 if AccountVerifyAdapter.last_status() == 401:
                     raise self._bad_credentials() from exc
+                if AccountVerifyAdapter.last_status() == 503:
+                    # The server answered, unable to serve (version detection gives up on it this way).
+                    raise ConnectionProblem(
+                        f"EWS at {self.ews_url} is unavailable: {text[:200]}", kind="unavailable",
+                        transient=True, status=503,
+                    ) from exc
                 # exchangelib re-raises requests' errors (an unknown host among them) as TransportError.
                 kind = "tls" if ("CERTIFICATE" in text or "SSL" in text) else connection_problem(exc).kind
                 raise ConnectionProblem(

@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -115,6 +116,20 @@ class _QuietHandler(WSGIRequestHandler):
         # would hold the second one back until the client's delayed ACK (40 ms a request).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def handle(self):
+        # The TLS handshake, here in the connection's thread rather than in the accept thread (see
+        # tls.DeferredHandshakeContext), bounded: a client that never starts TLS holds only itself.
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.settimeout(self.server.tls_handshake_timeout)
+                self.connection.do_handshake()
+            except OSError as error:  # ssl.SSLError and socket timeouts among them
+                _logger.debug("TLS handshake with %s failed: %s", self.client_address, error)
+                self.close_connection = True
+                return
+            self.connection.settimeout(None)
+        super().handle()
+
     def send_header(self, keyword, value):
         if (keyword.lower() == "connection" and value.lower() == "close"
                 and self.request_version == "HTTP/1.1"
@@ -132,6 +147,9 @@ class _QuietHandler(WSGIRequestHandler):
 
 class Tenant:
     """A local Microsoft tenant (identity platform, Graph v1.0, EWS) over HTTPS on 127.0.0.1."""
+
+    #: Seconds a client has, once connected, to complete the TLS handshake.
+    tls_handshake_timeout = 10
 
     def __init__(self, host="127.0.0.1", port=0, state_dir=None, tenant_id=None):
         self.host = host
@@ -178,6 +196,7 @@ class Tenant:
             ssl_context=ssl_context,
             request_handler=_QuietHandler,
         )
+        self._server.tls_handshake_timeout = self.tls_handshake_timeout
         port = self._server.server_port
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.base_url = f"https://{host}:{port}"

@@ -170,9 +170,22 @@ def write_certificates(state_dir):
     return paths
 
 
+class DeferredHandshakeContext(ssl.SSLContext):
+    """An SSLContext whose sockets do not shake hands on accept().
+
+    The server's single accept thread would otherwise wait for the TLS handshake of each
+    client: one that connects and never starts TLS would stop the whole tenant. The
+    handshake happens in the connection's own thread instead (see ``server._QuietHandler``),
+    with a timeout.
+    """
+
+    def wrap_socket(self, sock, *args, do_handshake_on_connect=True, **kwargs):
+        return super().wrap_socket(sock, *args, do_handshake_on_connect=False, **kwargs)
+
+
 def server_ssl_context(state_dir):
     """An ssl.SSLContext serving the tenant certificate; also writes ca.pem to state_dir."""
     paths = write_certificates(state_dir)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(paths["server.pem"], paths["server.key"])
     return context, paths["ca.pem"]

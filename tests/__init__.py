@@ -13,3 +13,8 @@ from . import test_mail_hostile
 from . import test_mail_kill
 from . import test_mail_chatter
 from . import test_event_import
+from . import test_user_input
+from . import test_mailbox_access
+from . import test_oauth_logs
+from . import test_token_rotation
+from . import test_password_guessing

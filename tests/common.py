@@ -1,4 +1,5 @@
 import json
+import xmlrpc.client
 from urllib.parse import parse_qs, urlsplit
 
 from odoo.tests import new_test_user
@@ -144,3 +145,22 @@ class ExchangeTenantMixin:
         except AuthenticationError as error:
             return error
         raise AssertionError(f"{user.login} signed in")
+
+
+class ExternalApiMixin:
+    """Calls over the external API (XML-RPC) with a user's own credentials, for HttpCase tests."""
+
+    def rpc(self, login, password, model, method, *args, **kwargs):
+        uid = self.xmlrpc_common.authenticate(self.env.cr.dbname, login, password, {})
+        self.assertTrue(uid, f"{login} could not log in over XML-RPC")
+        return self.xmlrpc_object.execute_kw(
+            self.env.cr.dbname, uid, password, model, method, list(args), kwargs)
+
+    def assertRpcAccessError(self, *call):
+        with self.assertRaises(xmlrpc.client.Fault) as caught:
+            self.rpc(*call)
+        # The messages of odoo.exceptions.AccessError for a field, a model, a group-restricted method,
+        # and the connector's own for users who may have no mailbox.
+        self.assertRegex(caught.exception.faultString,
+                         r"enough rights to access the field|not allowed to (modify|access)|Access Denied"
+                         r"|mailboxes are for internal users")

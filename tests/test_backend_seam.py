@@ -30,7 +30,7 @@ class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
             self.assertEqual(backend.whoami().email.lower(), remote.email.lower())
             self.assertTrue(backend.config.service_endpoint.startswith(self.tenant.base_url))
         pem_path = user._exchange_ews_verify()
-        ca_folder = os.path.join(tools.config["data_dir"], "exchange_connector", "ca")
+        ca_folder = os.path.join(tools.config.filestore(self.env.cr.dbname), "exchange_connector", "ca")
         self.assertTrue(pem_path.startswith(ca_folder))
         with open(pem_path, encoding="ascii") as handle:
             self.assertEqual(handle.read().strip(), self.tenant_ca_pem().strip())

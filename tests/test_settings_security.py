@@ -2,11 +2,11 @@ import xmlrpc.client
 
 from odoo.tests import HttpCase, tagged
 
-from .common import create_mailbox_users
+from .common import ExternalApiMixin, create_mailbox_users
 
 
 @tagged("post_install", "-at_install")
-class TestSettingsOverRpc(HttpCase):
+class TestSettingsOverRpc(ExternalApiMixin, HttpCase):
     """What another internal user can reach over the external API, with their own credentials."""
 
     @classmethod
@@ -14,19 +14,6 @@ class TestSettingsOverRpc(HttpCase):
         super().setUpClass()
         cls.anna, cls.marco = create_mailbox_users(cls.env)
         cls.env["ir.config_parameter"].sudo().set_param("exchange_connector.client_secret", "tenant-secret")
-
-    def rpc(self, login, password, model, method, *args, **kwargs):
-        uid = self.xmlrpc_common.authenticate(self.env.cr.dbname, login, password, {})
-        self.assertTrue(uid, f"{login} could not log in over XML-RPC")
-        return self.xmlrpc_object.execute_kw(
-            self.env.cr.dbname, uid, password, model, method, list(args), kwargs)
-
-    def assertRpcAccessError(self, *call):
-        with self.assertRaises(xmlrpc.client.Fault) as caught:
-            self.rpc(*call)
-        # The message of odoo.exceptions.AccessError for a field, a model or a group-restricted method.
-        self.assertRegex(caught.exception.faultString,
-                         r"enough rights to access the field|not allowed to (modify|access)|Access Denied")
 
     def test_other_user_cannot_read_secrets(self):
         marco = ("marco.test", "marco.test.pw")
@@ -36,8 +23,10 @@ class TestSettingsOverRpc(HttpCase):
                                   [("id", "=", self.anna.id)], ["exchange_ews_password"])
         # Reading "all fields" is refused as a whole rather than leaking the secret among them.
         self.assertRpcAccessError(*marco, "res.users", "read", [self.anna.id])
-        public = self.rpc(*marco, "res.users", "read", [self.anna.id], ["name", "exchange_email"])
-        self.assertEqual(public[0]["exchange_email"], "anna@example.com")
+        public = self.rpc(*marco, "res.users", "read", [self.anna.id], ["name", "exchange_account_type"])
+        self.assertEqual(public[0]["exchange_account_type"], "ews")
+        # Which mailbox, on which server, as whom: the owner's and the administrators' only.
+        self.assertRpcAccessError(*marco, "res.users", "read", [self.anna.id], ["exchange_email"])
         self.assertRpcAccessError(
             *marco, "ir.config_parameter", "get_param", "exchange_connector.client_secret")
         # default_get() of the settings is open to internal users: it must not hand out the secret.
