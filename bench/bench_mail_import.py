@@ -180,6 +180,8 @@ def configure_company(env, tenant):
 def bench_backend(env, tenant, kind, args):
     from odoo.sql_db import Cursor  # noqa: PLC0415
 
+    from odoo.addons.exchange_connector.models.exchange_mailbox import PendingRun  # noqa: PLC0415
+
     rng = random.Random(8)
     configure_company(env, tenant)
     partners = env["res.partner"].create(
@@ -242,7 +244,7 @@ def bench_backend(env, tenant, kind, args):
         if profiler:
             profiler.enable()
         for user, _remote in users:
-            run = runs._start(user, "mails")
+            run = PendingRun(runs, user, "mails", "cron")
             with user._exchange_backend() as backend:
                 user._exchange_mailbox()._sync_mails(backend, run)
         env.flush_all()
@@ -263,7 +265,7 @@ def bench_backend(env, tenant, kind, args):
     with no_commit, rerun.counting(Cursor):
         for user, _remote in users:
             with user._exchange_backend() as backend:
-                user._exchange_mailbox()._sync_mails(backend, runs._start(user, "mails"))
+                user._exchange_mailbox()._sync_mails(backend, PendingRun(runs, user, "mails", "cron"))
         env.flush_all()
     rerun_requests = http_requests(tenant, kind)
     listings = [

@@ -84,6 +84,15 @@ ensure_venv() {
   echo "$stamp" > "$VENV/.stamp"
 }
 
+ensure_test_requirements() {
+  # OCA queue_job for the tests of the queue_job mode (requirements-test.txt), next to Odoo's
+  # and the addon's requirements; --no-deps, as it declares Odoo itself, installed from source here.
+  "$VENV/bin/python" -c 'import importlib.util as u, openupgradelib; assert u.find_spec("odoo.addons.queue_job")' \
+    2>/dev/null && return 0
+  say "Installing the test requirements (OCA queue_job)"
+  "$VENV/bin/python" -m pip install -q --no-deps -r "$REPO/requirements-test.txt"
+}
+
 ADDONS_LINK_DIR="$STATE/addons"
 ensure_addon_link() {
   # Odoo finds an addon by its folder name; the clone may be called anything.

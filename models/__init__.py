@@ -12,3 +12,4 @@ from . import exchange_mail_import
 from . import calendar_event
 from . import exchange_event_import
 from . import exchange_sign_in_failure
+from . import exchange_queue_job

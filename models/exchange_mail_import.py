@@ -11,6 +11,7 @@ from ..services.addresses import parse_address_header
 from ..services.backend import RemoteMessage
 from ..services.errors import ItemNotFound
 from .exchange_mail import MAX_TRIES
+from .exchange_mailbox import PendingRun
 
 _logger = logging.getLogger(__name__)
 
@@ -352,12 +353,17 @@ class ExchangeMailbox(models.Model):
     # -- retries and deletion -----------------------------------------------------
 
     def _exchange_retry_failed(self, backend, run):
-        """Import again the mails that failed in earlier runs (their MIME fetched again if missing)."""
+        """Import again the mails that failed in earlier runs (their MIME fetched again if missing).
+
+        Called before this run lists anything: every failed mail is one of an earlier run.
+        """
         failed = self.env["exchange.mail"].sudo().search([
-            ("user_id", "=", self.user_id.id), ("state", "=", "failed"), ("run_id", "!=", run.id),
+            ("user_id", "=", self.user_id.id), ("state", "=", "failed"),
         ], limit=RETRY_BATCH, order="id")
         if not failed:
             return
+        if isinstance(run, PendingRun):
+            run = self._exchange_start_run(run)
         missing = failed.filtered(lambda mail: not mail.mime)
         remote_ids = self._exchange_remote_ids(missing)
         fetched = backend.get_mimes(list(remote_ids.values())) if remote_ids else {}

@@ -1,17 +1,28 @@
+import collections
 import contextlib
 import logging
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import psycopg2.errors
 from markupsafe import Markup
 
-from odoo import api, fields, models
+from odoo import SUPERUSER_ID, api, fields, models
 from odoo.exceptions import UserError
+from odoo.orm.environments import Transaction
 
-from ..services import AuthenticationError, ConnectionProblem, ExchangeError, RunBudget, TimeBudgetExceeded
+from ..services import (
+    AuthenticationError,
+    ConnectionProblem,
+    ExchangeError,
+    FolderNotFound,
+    RemoteFolder,
+    RunBudget,
+    TimeBudgetExceeded,
+)
 from ..services.auth import TokenStore
-from .res_config_settings import DEFAULT_MIN_SYNC_INTERVAL
+from .res_config_settings import DEFAULT_MIN_SYNC_INTERVAL, DEFAULT_SYNC_CONCURRENCY
 
 _logger = logging.getLogger(__name__)
 
@@ -20,16 +31,20 @@ DEFAULT_MAX_AUTH_FAILURES = 3
 #: well below Odoo's default ``limit_time_real`` (120 s) so that a request's timeout still fits.
 DEFAULT_CRON_TIME_BUDGET = 60
 #: A mailbox is not started with less time left: it would only get as far as its first request.
-MIN_SECONDS_PER_MAILBOX = 5
+#: A mailbox without news takes three round trips (well under a second with 200 ms latency).
+MIN_SECONDS_PER_MAILBOX = 2
 #: Seconds a lease outlives the budget: the last request's timeout and the closing bookkeeping fit
 #: in it, so that it expires only when its worker is gone (killed at limit_time_real at the latest).
 LEASE_MARGIN = 120
+#: First key of the PostgreSQL advisory locks that keep two workers from syncing one mailbox.
+SYNC_LOCK_NAMESPACE = 0x45584348  # "EXCH"
 #: The Outlook contact folder the connector pushes subscribed partners into.
 CONTACT_FOLDER_NAME = "Odoo"
 #: Sync states only make sense for the mailbox they were obtained from.
 SYNC_STATE_FIELDS = (
     "mails_in_folder_id", "mails_in_state", "mails_out_folder_id", "mails_out_state",
     "events_state", "events_window_start", "events_window_end", "contact_folder_id",
+    "mails_in_folder_path", "mails_out_folder_path",
 )
 MAILBOX_STATES = [
     ("not_connected", "Not connected"),
@@ -117,6 +132,35 @@ class MailboxReleased(Exception):
 INTERRUPTIONS = (TimeBudgetExceeded, MailboxReleased)
 
 
+class PendingRun:
+    """The sync run of one kind of one mailbox, created only once there is something to tell.
+
+    A run that finds nothing new leaves no ``exchange.sync.run`` row (the mailbox's "last
+    checked" says it happened), unless a user asked for the sync. :meth:`started` creates
+    the record, before the page that needs it; the hooks receive that record. Code written for
+    a record (``run._count(...)``) starts it as well.
+    """
+
+    def __init__(self, runs, user, kind, trigger):
+        self._runs = runs
+        self.user, self.kind, self.trigger = user, kind, trigger
+        self.record = runs
+
+    def started(self):
+        """The run record, created on first use."""
+        if not self.record:
+            self.record = self._runs._start(self.user, self.kind, self.trigger)
+        return self.record
+
+    def finish(self, error=None):
+        """Close the run; a run without record nor error stays unwritten."""
+        if error is not None or self.record:
+            self.started()._finish(error)
+
+    def __getattr__(self, name):
+        return getattr(self.started(), name)
+
+
 class ExchangeMailbox(models.Model):
     """A user's Exchange / Office 365 mailbox as the connector sees it: connection state and sync states.
 
@@ -144,7 +188,10 @@ class ExchangeMailbox(models.Model):
     sync_requested = fields.Boolean(
         copy=False, help="The user asked for a sync: the next scheduled run does it whatever the interval.")
     last_sync_started = fields.Datetime(copy=False)
-    last_sync_done = fields.Datetime(copy=False)
+    last_sync_done = fields.Datetime(
+        "Last checked", copy=False,
+        help="When the connector last asked Microsoft for changes. A sync that found none leaves no "
+             "sync log entry.")
     next_sync = fields.Datetime(copy=False, index=True)
     # Set while a worker syncs the mailbox (see _exchange_take_lease); past, the worker died.
     sync_lease_until = fields.Datetime(copy=False, readonly=True)
@@ -154,6 +201,9 @@ class ExchangeMailbox(models.Model):
     mails_in_state = fields.Text(copy=False, groups="base.group_system")
     mails_out_folder_id = fields.Char(copy=False, groups="base.group_system")
     mails_out_state = fields.Text(copy=False, groups="base.group_system")
+    # The path each remembered folder id was found at: another path (a renamed setting) is looked up.
+    mails_in_folder_path = fields.Char(copy=False, groups="base.group_system")
+    mails_out_folder_path = fields.Char(copy=False, groups="base.group_system")
     events_state = fields.Text(copy=False, groups="base.group_system")
     events_window_start = fields.Datetime(copy=False, groups="base.group_system")
     events_window_end = fields.Datetime(copy=False, groups="base.group_system")
@@ -261,86 +311,199 @@ class ExchangeMailbox(models.Model):
         return RunBudget(max(0, min(cron_time_left, configured)))
 
     @api.model
+    def _exchange_sync_concurrency(self):
+        """Mailboxes synced at once by one call of the job (``exchange_connector.sync_concurrency``, 4)."""
+        return max(1, self.env["res.users"]._exchange_param_int("sync_concurrency", DEFAULT_SYNC_CONCURRENCY))
+
+    @api.model
     def _cron_sync(self, budget=None):
         """Scheduled job: sync every connected mailbox whose interval elapsed or whose user asked for it.
 
-        One mailbox at a time. A mailbox is taken with a lease committed in a short
-        transaction (:meth:`_exchange_take_lease`), then synced page by page, each page's
-        imports committed together with its sync state, so that a killed worker loses at
-        most one page and no row stays locked while Microsoft is being asked. A mailbox is
-        started only while ``MIN_SECONDS_PER_MAILBOX`` of ``budget`` remain (a
-        :class:`RunBudget`; by default :meth:`_exchange_run_budget`); the others stay due,
-        the job reports them as remaining and Odoo runs it again soon.
+        Up to :meth:`_exchange_sync_concurrency` mailboxes at once, each in a thread with a
+        cursor and a backend of its own (one at a time in this cursor when set to 1). A mailbox
+        is taken with :meth:`_exchange_take_lease`, then synced page by page, each page's
+        imports committed together with its sync state, so that a killed worker loses at most
+        one page and no row stays locked while Microsoft is being asked. A mailbox is started
+        only while ``MIN_SECONDS_PER_MAILBOX`` of ``budget`` remain (a :class:`RunBudget`; by
+        default :meth:`_exchange_run_budget`); the others stay due, the job reports them as
+        remaining and triggers itself again at once.
         """
-        due = self.sudo().search(self._due_domain(), order="sync_requested desc, next_sync asc, id")
+        due_ids = self.sudo().search(self._due_domain(), order="sync_requested desc, next_sync asc, id").ids
+        concurrency = min(self._exchange_sync_concurrency(), len(due_ids))
         cron = self.env["ir.cron"]
-        time_left = cron._commit_progress(remaining=len(due))
+        # Committed: the next statement sees the other workers' commits, and this cursor holds no
+        # snapshot while the threads work (the parameters read below come from the registry's cache).
+        time_left = cron._commit_progress(remaining=len(due_ids))
         if budget is None:
             budget = self._exchange_run_budget(time_left)
-        for mailbox in due:
+        if concurrency > 1:
+            synced = self._exchange_sync_in_threads(due_ids, budget, concurrency)
+        else:
+            synced = self.with_context(ir_cron_progress_id=False)._exchange_sync_queue(
+                collections.deque(due_ids), budget)
+        remaining = self.sudo().search_count(self._due_domain())
+        if remaining and synced:
+            # Odoo would wait for its next poll: a trigger due now wakes the cron workers at once.
+            self.env.ref("exchange_connector.ir_cron_exchange_sync")._trigger()
+        cron._commit_progress(synced, remaining=remaining)
+
+    @api.model
+    def _exchange_sync_queue(self, queue, budget, lock=None):
+        """Take mailbox ids from ``queue`` and sync them in this cursor until it is empty or time is short.
+
+        Each mailbox is browsed on its own, so that what is read after a commit is that row
+        only, not every due mailbox (the prefetch set). Returns the number synced.
+        """
+        synced = 0
+        lock = lock or contextlib.nullcontext()
+        while True:
             remaining = budget.remaining()
             if remaining is not None and remaining < MIN_SECONDS_PER_MAILBOX:
-                break
+                return synced
+            with lock:
+                if not queue:
+                    return synced
+                mailbox_id = queue.popleft()
+            mailbox = self.browse(mailbox_id)
             lease = mailbox._exchange_take_lease(budget)
-            if lease:
+            if not lease:
+                continue
+            try:
                 leased = mailbox.with_context(exchange_sync_lease=lease["token"])
                 leased._exchange_sync(budget, lease["trigger"])
-            cron._commit_progress(1)
+                synced += 1
+            finally:
+                mailbox._exchange_release_lock()
+            self.env.invalidate_all()
+
+    @api.model
+    def _exchange_sync_in_threads(self, due_ids, budget, concurrency):
+        """Sync ``due_ids`` with ``concurrency`` threads, each with a cursor of its own; returns how many.
+
+        The threads share the queue of ids and the budget; the leases keep one mailbox in one
+        thread, and each backend keeps to Microsoft's limit of concurrent requests per mailbox.
+        """
+        queue, lock, synced = collections.deque(due_ids), threading.Lock(), []
+        registry, dbname = self.env.registry, self.env.cr.dbname
+        parent = threading.current_thread().name
+
+        def work():
+            threading.current_thread().dbname = dbname  # the log lines name the database
+            try:
+                with registry.cursor() as cr:
+                    # Environment() would look the registry up by name, under the registry lock.
+                    cr.transaction = Transaction(registry)
+                    mailboxes = api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"]
+                    count = mailboxes._exchange_sync_queue(queue, budget, lock)
+                with lock:
+                    synced.append(count)
+            except Exception:  # noqa: BLE001 - the other threads go on; the mailbox stays due
+                _logger.exception("Exchange sync thread failed")
+
+        threads = [threading.Thread(target=work, name=f"{parent}/exchange-{number}", daemon=True)
+                   for number in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sum(synced)
+
+    def _exchange_lock_args(self):
+        return (SYNC_LOCK_NAMESPACE, self.id)
+
+    def _exchange_try_lock(self):
+        """Take the mailbox's advisory lock for this database session; False when another worker has it.
+
+        The lock keeps other workers (of every Odoo server on the database) away from the
+        mailbox without writing anything, and it dies with its connection: a killed worker's
+        mailbox is free at once unless its written lease still holds.
+        """
+        self.env.cr.execute("SELECT pg_try_advisory_lock(%s, %s)", self._exchange_lock_args())
+        return self.env.cr.fetchone()[0]
+
+    def _exchange_release_lock(self):
+        """Release the advisory lock of :meth:`_exchange_try_lock`, then commit (a fresh snapshot follows)."""
+        self.env.cr.execute("SELECT pg_advisory_unlock(%s, %s)", self._exchange_lock_args())
+        self._exchange_commit()
 
     def _exchange_take_lease(self, budget):
-        """Lease this mailbox for a sync if it is still due, in a transaction of its own.
+        """Take this mailbox for a sync if it is still due; None when another worker holds or just synced it.
 
-        Returns ``{"token", "trigger"}``, or None when another worker holds or just synced
-        it. The row lock lasts only this short transaction; the lease (``sync_lease_until``,
-        ``sync_lease_token``) then keeps other workers away until the sync ends or the lease
-        expires, ``LEASE_MARGIN`` after the budget (a worker that died meanwhile). A "Sync
-        now" clicked after this point sets ``sync_requested`` again: the mailbox is due once
-        more at the end of this sync. Must start a fresh transaction (right after a commit)
-        so that the due check sees what other workers committed.
+        Returns ``{"token", "trigger"}``. The mailbox's advisory lock is held from here until
+        :meth:`_exchange_release_lock`; the lease itself (``sync_lease_until``,
+        ``sync_lease_token``) is written by the first page that changes something
+        (:meth:`_exchange_check_lease`), so that a sync that finds nothing costs one UPDATE of
+        the row, at its end. A "Sync now" is taken at once: the request is cleared with the
+        lease written, and one clicked during the sync sets it again. Must start a fresh
+        transaction (right after a commit), so that the due check sees what other workers
+        committed before they released the lock.
         """
         self.ensure_one()
+        if not self._exchange_try_lock():
+            _logger.debug("Exchange mailbox %s is being synced by another worker: skipped", self.id)
+            return None
         try:
-            with self.env.cr.savepoint(flush=False):
-                locked = self.try_lock_for_update(allow_referencing=True)
-        except psycopg2.errors.SerializationFailure:
-            # Another worker committed a lease or a sync of this row after our snapshot began.
-            _logger.info("Exchange mailbox %s was just taken by another worker", self.id)
-            return None
-        locked.invalidate_recordset()
-        if not locked.filtered_domain(self._due_domain()):
-            _logger.debug("Exchange mailbox %s busy or no longer due: skipped", self.id)
-            return None
-        now = fields.Datetime.now()
-        remaining = budget.remaining()
-        seconds = (DEFAULT_CRON_TIME_BUDGET if remaining is None else remaining) + LEASE_MARGIN
-        lease = {"token": uuid.uuid4().hex, "trigger": "manual" if locked.sync_requested else "cron"}
-        expired_lease = locked.sync_lease_until
-        locked.write({
-            "sync_lease_until": now + timedelta(seconds=seconds), "sync_lease_token": lease["token"],
-            "sync_requested": False, "last_sync_started": now,
-        })
-        # Nobody else syncs this mailbox now: a run still "Started" is a dead worker's.
-        self.env["exchange.sync.run"]._close_interrupted(locked.user_id, expired_lease or now)
-        self._exchange_commit()
-        return lease
+            self.invalidate_recordset()
+            if not self.filtered_domain(self._due_domain()):
+                _logger.debug("Exchange mailbox %s busy or no longer due: skipped", self.id)
+                self._exchange_release_lock()
+                return None
+            if self.sync_lease_token:
+                # A lease left behind while the lock is free: its worker died, and its runs still
+                # "Started" are ghosts, closed now with the time its lease expired.
+                self.env["exchange.sync.run"]._close_interrupted(
+                    self.user_id, self.sync_lease_until or fields.Datetime.now())
+            lease = {"token": uuid.uuid4().hex, "trigger": "manual" if self.sync_requested else "cron"}
+            if self.sync_requested:
+                self._exchange_write_lease(lease["token"], sync_requested=False)
+            return lease
+        except BaseException:
+            self._exchange_release_lock()
+            raise
+
+    def _exchange_lease_seconds(self):
+        """How long a lease lasts: the longest call of the job, then the margin of its last request."""
+        configured = self.env["res.users"]._exchange_param_int("cron_time_budget", DEFAULT_CRON_TIME_BUDGET)
+        return configured + LEASE_MARGIN
 
     def _exchange_commit(self):
         """Commit the work done so far: the cron's progress API, a plain commit outside a cron run."""
         return self.env["ir.cron"]._commit_progress()
 
     def _exchange_check_lease(self):
-        """Raise :class:`MailboxReleased` unless this sync still holds the lease of a connected mailbox.
+        """Raise :class:`MailboxReleased` unless this sync may write: the mailbox is still connected
+        and the lease is this sync's, written now if it is not yet.
 
-        Reads the row afresh: the user may have disconnected, or the lease may have expired
-        and been taken by another worker, since the last commit.
+        Reads the row afresh: the user may have disconnected since the last commit. The lease is
+        written on the first page that changes something and committed at once, so that users
+        and other workers see who syncs the mailbox; a lease of another token that is still
+        live means another worker took the mailbox over (the advisory lock keeps workers of this
+        version away, so only an expired lease of a dead worker is replaced).
         """
         self.ensure_one()
         token = self.env.context.get("exchange_sync_lease")
         if not token:
             return  # a sync outside the scheduler (tests, shell): nobody to share the mailbox with
-        self.invalidate_recordset(["state", "sync_lease_token"])
-        if self.state != "connected" or self.sync_lease_token != token:
+        self.invalidate_recordset(["state", "sync_lease_token", "sync_lease_until", "sync_requested"])
+        if self.state != "connected":
             raise MailboxReleased(f"Exchange mailbox {self.id} was disconnected or taken over meanwhile")
+        if self.sync_lease_token == token:
+            return
+        if self.sync_lease_token and self.sync_lease_until and self.sync_lease_until > fields.Datetime.now():
+            raise MailboxReleased(f"Exchange mailbox {self.id} was taken over by another worker")
+        self._exchange_write_lease(token)
+
+    def _exchange_write_lease(self, token, **values):
+        """Write and commit this sync's lease (with ``values``, e.g. the cleared "Sync now")."""
+        now = fields.Datetime.now()
+        try:
+            with self.env.cr.savepoint():
+                until = now + timedelta(seconds=self._exchange_lease_seconds())
+                self.write(dict(values, sync_lease_until=until, sync_lease_token=token,
+                                last_sync_started=now))
+        except psycopg2.errors.SerializationFailure as error:
+            raise MailboxReleased(f"Exchange mailbox {self.id} was changed during its sync") from error
+        self._exchange_commit()
 
     @contextlib.contextmanager
     def _exchange_page(self):
@@ -372,23 +535,29 @@ class ExchangeMailbox(models.Model):
     def _exchange_sync(self, budget=None, trigger="cron"):
         """Sync the enabled kinds of this (leased) mailbox; never raises for one mailbox's failure.
 
-        The runs tell what happened; the lease is released and the next sync scheduled at
-        the end, in a short transaction of their own.
+        Returns the errors that stopped kinds (also recorded on their runs).
+
+        The runs tell what happened (a kind that found nothing leaves none, see
+        :class:`PendingRun`); the lease is released and the next sync scheduled at the end, in
+        a short transaction of their own.
         """
         self.ensure_one()
         runs = self.env["exchange.sync.run"]
         user = self.user_id
-        current = runs
+        current = None
         errors = []
         try:
             with user._exchange_backend(budget=budget) as backend:
                 for kind in self._exchange_enabled_kinds():
-                    current = runs._start(user, kind, trigger)
+                    current = PendingRun(runs, user, kind, trigger)
+                    if trigger == "manual":
+                        current.started()  # who clicked "Sync now" finds its outcome in the log
                     error = self._exchange_sync_kind(kind, backend, current)
-                    current._finish(error)
-                    # Whatever the seam records next (a failed sign-in, the rotated token cache)
-                    # goes in a fresh transaction, which no user write made meanwhile conflicts with.
-                    self._exchange_commit()
+                    current.finish(error)
+                    if current.record:
+                        # Whatever the seam records next (a failed sign-in, the rotated token cache)
+                        # goes in a fresh transaction, which no user write made meanwhile conflicts with.
+                        self._exchange_commit()
                     if error is not None:
                         errors.append(error)
                     if isinstance(error, (AuthenticationError, ConnectionProblem, TimeBudgetExceeded,
@@ -396,11 +565,11 @@ class ExchangeMailbox(models.Model):
                         # The other kinds would meet the same wall; a sign-in failure must
                         # also leave the block so that the seam counts it.
                         raise error
-                    current = runs
+                    current = None
         except MailboxReleased:
             _logger.info("Exchange sync of user %s stopped: the mailbox changed meanwhile", user.login)
         except (ExchangeError, UserError) as error:
-            if not current:
+            if current is None:
                 # The seam refused or could not build the backend: no kind run got the error.
                 runs._start(user, "connection", trigger)._finish(error)
                 errors.append(error)
@@ -409,6 +578,7 @@ class ExchangeMailbox(models.Model):
             runs._start(user, "connection", trigger)._finish(error)
             errors.append(error)
         self._exchange_schedule_next(errors)
+        return errors
 
     def _exchange_sync_kind(self, kind, backend, run):
         """Run ``_sync_<kind>``; return the error that stopped it, or None.
@@ -438,12 +608,21 @@ class ExchangeMailbox(models.Model):
         self._exchange_commit()
         self.invalidate_recordset()
         token = self.env.context.get("exchange_sync_lease")
-        if token and self.sync_lease_token != token:
-            return  # the lease expired and another worker owns the mailbox now
         now = fields.Datetime.now()
-        values = {"last_sync_done": now, "sync_lease_until": False, "sync_lease_token": False}
+        if token and self.sync_lease_token not in (False, token) and self.sync_lease_until \
+                and self.sync_lease_until > now:
+            return  # the lease expired and another worker owns the mailbox now
+        values = {"last_sync_done": now}
+        if not token or self.sync_lease_token:
+            values.update(sync_lease_until=False, sync_lease_token=False)
+        # Without a lease, no page changed anything: this write is the sync's only one.
         if self.state == "connected":  # not when disconnected or locked out meanwhile
-            if any(isinstance(error, INTERRUPTIONS) for error in errors):
+            retry_after = max((error.retry_after for error in errors if getattr(error, "retry_after", None)),
+                              default=None)
+            if retry_after:
+                # Microsoft named the moment it accepts this mailbox again: not a request before.
+                values["next_sync"] = now + timedelta(seconds=retry_after)
+            elif any(isinstance(error, INTERRUPTIONS) for error in errors):
                 # Continue at the next run, after the mailboxes that waited longer.
                 values["next_sync"] = now
             else:
@@ -463,10 +642,13 @@ class ExchangeMailbox(models.Model):
     def _sync_mails(self, backend, run):
         """Walk the incoming and outgoing transfer folders ("Inbox/<folder>") incrementally.
 
-        The folders are created when missing, so that users find them in Outlook. Each page
-        goes to :meth:`_import_message_page`, then its state is saved and both are committed
-        (:meth:`_exchange_page`): an interrupted run resumes after the last committed page. A
-        folder that changed (renamed setting, recreated folder) starts over from the beginning.
+        The folders are created when missing, so that users find them in Outlook, and their
+        ids remembered: they are looked up again only when the remembered one is gone or the
+        setting names another path. Each page goes to :meth:`_import_message_page`, then its
+        state is saved and both are committed (:meth:`_exchange_page`): an interrupted run
+        resumes after the last committed page. A folder that changed (renamed setting,
+        recreated folder) starts over from the beginning. A folder without news costs its one
+        listing request and no write.
         """
         self.ensure_one()
         user = self.user_id
@@ -474,15 +656,63 @@ class ExchangeMailbox(models.Model):
                                          ("out", user.exchange_transfer_folder_out)):
             if not folder_name:
                 continue
-            folder = backend.ensure_folder(f"Inbox/{folder_name}")
-            id_field, state_field = f"mails_{folder_kind}_folder_id", f"mails_{folder_kind}_state"
-            if self[id_field] != folder.id:
+            path = f"Inbox/{folder_name}"
+            folder = self._exchange_remembered_folder(folder_kind, path)
+            try:
+                listed = folder or self._exchange_find_folder(backend, folder_kind, path)
+                self._exchange_list_transfer_folder(backend, folder_kind, listed, run)
+            except FolderNotFound:
+                if folder is None:
+                    raise
+                # Deleted or moved since it was remembered: found (or created) again, listed from scratch.
+                self._exchange_list_transfer_folder(
+                    backend, folder_kind, self._exchange_find_folder(backend, folder_kind, path), run)
+
+    def _exchange_remembered_folder(self, folder_kind, path):
+        """The transfer folder remembered for ``path``, without asking Microsoft; None if none is."""
+        folder_id = self[f"mails_{folder_kind}_folder_id"]
+        if not folder_id or self[f"mails_{folder_kind}_folder_path"] != path:
+            return None
+        return RemoteFolder(id=folder_id, display_name=path.rsplit("/", 1)[-1], path=path)
+
+    def _exchange_find_folder(self, backend, folder_kind, path):
+        """Find (or create) the transfer folder at ``path`` and remember it; a new one starts over."""
+        folder = backend.ensure_folder(path)
+        id_field, path_field = f"mails_{folder_kind}_folder_id", f"mails_{folder_kind}_folder_path"
+        if (self[id_field], self[path_field]) != (folder.id, path):
+            with self._exchange_page():
+                values = {id_field: folder.id, path_field: path}
+                if self[id_field] != folder.id:
+                    values[f"mails_{folder_kind}_state"] = False
+                self.write(values)
+        return folder
+
+    def _exchange_start_run(self, run):
+        """The record of ``run`` (a :class:`PendingRun`), created after the lease is written and
+        before the page that needs it: a page rolled back keeps its run, and no run is left
+        "started" without a lease that tells whether its worker is alive."""
+        self._exchange_check_lease()
+        return run.started()
+
+    def _exchange_list_transfer_folder(self, backend, folder_kind, folder, run):
+        state_field = f"mails_{folder_kind}_state"
+        saved = self[state_field] or None
+        for number, page in enumerate(backend.sync_messages(folder, saved)):
+            if self._exchange_page_is_news(page, number, saved):
+                record = self._exchange_start_run(run)
                 with self._exchange_page():
-                    self.write({id_field: folder.id, state_field: False})
-            for page in backend.sync_messages(folder, self[state_field] or None):
-                with self._exchange_page():
-                    self._import_message_page(folder_kind, page, run)
+                    self._import_message_page(folder_kind, page, record)
                     self.write({state_field: page.state})
+
+    @staticmethod
+    def _exchange_page_is_news(page, number, saved):
+        """Whether ``page`` must be imported and its state saved.
+
+        Not the first page of a listing resumed from ``saved`` when it brings nothing and ends
+        the listing: the saved state resumes from the same point (Graph hands out a new delta
+        link each time, with nothing behind it).
+        """
+        return bool(number or not saved or page.items or page.removed_ids or page.reset or not page.done)
 
     def _import_message_page(self, folder_kind, page, run):
         """Import one page of a transfer folder's messages (``folder_kind`` "in" or "out").
@@ -510,10 +740,13 @@ class ExchangeMailbox(models.Model):
                 self.write({
                     "events_window_start": naive_start, "events_window_end": naive_end, "events_state": False,
                 })
-        for page in backend.sync_events(start, end, self.events_state or None):
-            with self._exchange_page():
-                self._import_event_page(page, run)
-                self.write({"events_state": page.state})
+        saved = self.events_state or None
+        for number, page in enumerate(backend.sync_events(start, end, saved)):
+            if self._exchange_page_is_news(page, number, saved):
+                record = self._exchange_start_run(run)
+                with self._exchange_page():
+                    self._import_event_page(page, record)
+                    self.write({"events_state": page.state})
 
     def _import_event_page(self, page, run):
         """Import one page of calendar entries (:class:`RemoteEvent` items, removed ids).
@@ -524,13 +757,20 @@ class ExchangeMailbox(models.Model):
         run._count(skipped=len(page.items))
 
     def _sync_contacts(self, backend, run):
-        """Make sure the connector's Outlook contact folder exists, then push the contact changes."""
+        """Make sure the connector's Outlook contact folder exists, then push the contact changes.
+
+        Nothing is asked of Microsoft when the folder is known and :meth:`_contacts_pending`
+        finds nothing to push.
+        """
         self.ensure_one()
+        if self.contact_folder_id and not self._contacts_pending():
+            return
         folder = backend.ensure_contact_folder(CONTACT_FOLDER_NAME)
         if self.contact_folder_id != folder.id:
             with self._exchange_page():
                 self.contact_folder_id = folder.id
         # Not a page: the push talks to Microsoft, and the mailbox row stays free meanwhile.
+        run = self._exchange_start_run(run)
         with self.env.cr.savepoint():
             self._push_contacts(backend, folder, run)
         self._exchange_commit()
@@ -544,3 +784,11 @@ class ExchangeMailbox(models.Model):
         """
         return None
 
+    def _contacts_pending(self):
+        """Whether the contact push has anything to send; False spares the contact sync every request.
+
+        The contact feature overrides it with a cheap check of its own records (e.g. a
+        subscription or a partner changed since the last push); the connector itself has no
+        subscriptions yet, so nothing is ever pending.
+        """
+        return False

@@ -6,6 +6,7 @@ DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
 DEFAULT_SYNC_INTERVAL = 15
 DEFAULT_MIN_SYNC_INTERVAL = 5
+DEFAULT_SYNC_CONCURRENCY = 4
 
 
 class ResConfigSettings(models.TransientModel):
@@ -54,10 +55,18 @@ class ResConfigSettings(models.TransientModel):
         related="company_id.exchange_unknown_address", readonly=False)
     exchange_attachment_limit_mb = fields.Integer(
         related="company_id.exchange_attachment_limit_mb", readonly=False)
+    exchange_sync_concurrency = fields.Integer(
+        "Mailboxes synced at once", config_parameter="exchange_connector.sync_concurrency",
+        default=DEFAULT_SYNC_CONCURRENCY,
+        help="How many mailboxes one run of the scheduled job syncs at the same time "
+             "(1: one after the other).")
 
-    @api.constrains("exchange_default_sync_interval", "exchange_min_sync_interval")
+    @api.constrains(
+        "exchange_default_sync_interval", "exchange_min_sync_interval", "exchange_sync_concurrency")
     def _check_exchange_sync_intervals(self):
         for settings in self:
+            if settings.exchange_sync_concurrency < 1:
+                raise ValidationError(self.env._("At least one mailbox must be synced at a time."))
             if settings.exchange_min_sync_interval < 1:
                 raise ValidationError(self.env._("The minimum sync interval must be at least 1 minute."))
             if settings.exchange_default_sync_interval < settings.exchange_min_sync_interval:

@@ -375,8 +375,11 @@ class ResUsers(models.Model):
             self._exchange_check_may_use_mailboxes()
             vals = self._exchange_clean_values(vals)
         switched = self._exchange_switches_mailbox(vals)
-        private_changed = self.filtered(lambda user: user.exchange_account_type and vals.get(
-            "exchange_event_private", user.exchange_event_private) != user.exchange_event_private)
+        private_changed = self.browse()
+        if "exchange_event_private" in vals:
+            # Read as superuser: a user's mailbox fields are closed to portal users and to others.
+            private_changed = self.sudo().filtered(lambda user: user.exchange_account_type and (
+                vals["exchange_event_private"] != user.exchange_event_private)).with_env(self.env)
         res = super().write(vals)
         for user in private_changed - switched:
             user._exchange_mailbox()._exchange_restart_events()

@@ -50,6 +50,9 @@ DELEGATED_SCOPES = [
 ]
 APP_ONLY_SCOPES = [f"{GRAPH_RESOURCE}/.default"]
 DEFAULT_TIMEOUT = (10, 60)
+#: msal's cache of HTTP answers, shared by every GraphOAuth of the process: the authority's OpenID
+#: discovery is asked once a day instead of once per sign-in or sync (msal keeps 2xx GETs 24 h).
+_MSAL_HTTP_CACHE = {}
 
 
 def new_http_session(verify=True):
@@ -148,6 +151,7 @@ class GraphOAuth:
                 # Only Microsoft's hosts are in msal's instance list; a
                 # sovereign or local authority is trusted as configured.
                 instance_discovery=False,
+                http_cache=_MSAL_HTTP_CACHE,
             )
         except requests.exceptions.RequestException as exc:
             raise connection_problem(exc, authority) from exc

@@ -95,7 +95,13 @@ class ThrottledError(ExchangeError):
 
 
 class TimeBudgetExceeded(ExchangeError):
-    """The run's time budget is spent: stop cleanly, the last persisted state resumes the next run."""
+    """The run's time budget is spent: stop cleanly, the last persisted state resumes the next run.
+
+    ``retry_after`` is set when Microsoft's throttling hint did not fit in the budget: the
+    next run should not start before it.
+    """
+
+    retry_after = None
 
 
 def connection_problem(exc, url=""):

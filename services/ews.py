@@ -27,7 +27,7 @@
   or cancelled occurrences, events moved out of the window).
 """
 
-import contextlib
+import collections
 import json
 import logging
 import threading
@@ -51,12 +51,15 @@ from exchangelib import (
     Version,
 )
 from exchangelib import errors as ews_errors
+from exchangelib.folders import Calendar, Root
 from exchangelib.folders.queryset import SHALLOW as SHALLOW_FOLDERS
 from exchangelib.folders.queryset import SingleFolderQuerySet
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
 from exchangelib.items import HARD_DELETE, ID_ONLY, MOVE_TO_DELETED_ITEMS
 from exchangelib.protocol import BaseProtocol, Protocol
 from exchangelib.services import SyncFolderItems
+from exchangelib.services.common import EWSService
+from exchangelib.util import SOAPNS, ParseError, to_xml
 
 from .backend import (
     ContactResult,
@@ -132,6 +135,8 @@ CONTACT_CHUNK = 100
 CALENDAR_SUBWINDOW = timedelta(days=31)
 #: A sub-window answering this many entries may be cut: it is split in two and asked again.
 CALENDAR_MAX_ENTRIES = 500
+#: exchangelib protocols (connection pools of one endpoint and user) kept open between backends.
+KEPT_PROTOCOLS = 64
 WELL_KNOWN_FOLDERS = {
     "inbox": "inbox",
     "sent items": "sent",
@@ -202,6 +207,65 @@ def _bind_verify(protocol, verify):
 
 
 BaseProtocol.HTTP_ADAPTER_CLS = AccountVerifyAdapter
+
+_read_soap_parts_byte_by_byte = EWSService._get_soap_parts.__func__
+
+
+@classmethod
+def _get_soap_parts_from_content(cls, response):
+    """exchangelib's ``_get_soap_parts``, parsing the body requests already holds in one piece.
+
+    exchangelib hands lxml ``response.iter_content()``, which yields one byte per call:
+    a million calls for a megabyte. Streaming answers (not read yet) still go that way.
+    """
+    content = getattr(response, "_content", None)
+    if not (getattr(response, "_content_consumed", False) and isinstance(content, bytes)):
+        return _read_soap_parts_byte_by_byte(cls, response)
+    try:
+        root = to_xml(content)
+    except ParseError as error:
+        raise ews_errors.SOAPError(f"Bad SOAP response: {error}") from error
+    header = root.find(f"{{{SOAPNS}}}Header")
+    body = root.find(f"{{{SOAPNS}}}Body")
+    if body is None:
+        raise ews_errors.MalformedResponseError("No Body element in SOAP response")
+    return header, body
+
+
+EWSService._get_soap_parts = _get_soap_parts_from_content
+
+#: Server version per EWS URL, found once per process (exchangelib would probe it with ConvertId).
+_server_versions = {}
+#: Protocols kept open after their backend closed, most recently used last: {cache key: protocol}.
+_kept_protocols = collections.OrderedDict()
+_kept_protocols_lock = threading.Lock()
+_UNBOUND = object()
+
+
+def _keep_protocol(protocol):
+    """Keep ``protocol`` (and its authenticated connections) for the next backend of the same user."""
+    key = Protocol._cache_key(protocol.config)
+    evicted = []
+    with _kept_protocols_lock:
+        _kept_protocols[key] = protocol
+        _kept_protocols.move_to_end(key)
+        while len(_kept_protocols) > KEPT_PROTOCOLS:
+            evicted.append(_kept_protocols.popitem(last=False)[1])
+    for old in evicted:
+        _drop_protocol(old)
+
+
+def _drop_protocol(protocol):
+    """Close ``protocol``'s connections and forget it, in exchangelib's cache and ours."""
+    key = Protocol._cache_key(protocol.config)
+    with _kept_protocols_lock:
+        if _kept_protocols.get(key) is protocol:
+            del _kept_protocols[key]
+    with Protocol._protocol_cache_lock:
+        cached = Protocol._protocol_cache.get(key)
+        if cached and cached[0] is protocol:
+            del Protocol._protocol_cache[key]
+    protocol.close()
 
 
 def _utc(value):
@@ -432,7 +496,7 @@ class EwsBackend(MailboxBackend):
         self.retry_policy = retry_policy or RetryPolicy()
         self.page_size = page_size
         self.verify = verify
-        config_version = None
+        config_version = _server_versions.get(ews_url)
         if version:
             config_version = Version(build=Build(*[int(part) for part in str(version).split(".")]))
         self.config = Configuration(
@@ -445,6 +509,8 @@ class EwsBackend(MailboxBackend):
         )
         self.timeout = timeout
         self._account = None
+        # A sign-in refused or a connection lost: its protocol is not kept for the next backend.
+        self._protocol_suspect = False
 
     # -- plumbing -----------------------------------------------------------
 
@@ -453,7 +519,16 @@ class EwsBackend(MailboxBackend):
         """The exchangelib Account (created on first use)."""
         if self._account is None:
             # exchangelib shares one protocol per (endpoint, credentials): bind it before Account() uses it.
-            _bind_verify(Protocol(config=self.config), self.verify)
+            protocol = Protocol(config=self.config)
+            bound = getattr(protocol, "_exchange_verify", _UNBOUND)
+            if bound is not _UNBOUND and bound != self.verify:
+                # Kept from a backend that trusted other certificates: its connections go too.
+                _drop_protocol(protocol)
+                protocol = Protocol(config=self.config)
+                bound = _UNBOUND
+            if bound is _UNBOUND:
+                _bind_verify(protocol, self.verify)
+                protocol._exchange_verify = self.verify
             account = self._call(
                 lambda: Account(
                     primary_smtp_address=self.account_email,
@@ -464,6 +539,8 @@ class EwsBackend(MailboxBackend):
                 "EWS connect",
             )
             account.protocol.TIMEOUT = self.timeout  # exchangelib's default is 120 s per request
+            if account.protocol.config.version and account.protocol.config.version.build:
+                _server_versions.setdefault(self.ews_url, account.protocol.config.version)
             self._account = account
         return self._account
 
@@ -567,7 +644,11 @@ class EwsBackend(MailboxBackend):
                     raise Retryable(problem) from exc
                 unanswered(problem, exc)
 
-        return self.retry_policy.call(attempt, budget=self.budget, what=what)
+        try:
+            return self.retry_policy.call(attempt, budget=self.budget, what=what)
+        except (AuthenticationError, ConnectionProblem):
+            self._protocol_suspect = True
+            raise
 
     def _bad_credentials(self):
         return AuthenticationError(
@@ -582,9 +663,17 @@ class EwsBackend(MailboxBackend):
         account = self.account
         return self._call(lambda: account.root, "EWS GetFolder root")
 
+    def _root_by_name(self):
+        """The mailbox's root folder addressed by its distinguished name: no GetFolder."""
+        return Root(account=self.account)
+
     def _folder(self, folder_id=None):
         """An exchangelib Folder standing for ``folder_id`` (no request); None: any folder type."""
-        return Folder(root=self._root, id=folder_id)
+        return Folder(root=self._root_by_name(), id=folder_id)
+
+    def _calendar(self):
+        """The default calendar addressed by its distinguished name (no request; not for CalendarViews)."""
+        return Calendar(root=self._root_by_name())
 
     # -- mailbox and folders ------------------------------------------------
 
@@ -646,7 +735,7 @@ class EwsBackend(MailboxBackend):
 
     # -- messages -----------------------------------------------------------
 
-    def _sync_page(self, account, folder, state):
+    def _sync_page(self, account, folder, state, max_changes=None):
         service = SyncFolderItems(account=account)
         changes = list(
             service.call(
@@ -655,7 +744,7 @@ class EwsBackend(MailboxBackend):
                 additional_fields=set(),
                 sync_state=state,
                 ignore=None,
-                max_changes_returned=min(self.page_size, MAX_SYNC_CHANGES),
+                max_changes_returned=max_changes or min(self.page_size, MAX_SYNC_CHANGES),
                 sync_scope=None,
             )
         )
@@ -815,10 +904,19 @@ class EwsBackend(MailboxBackend):
     # -- calendar -----------------------------------------------------------
 
     def sync_events(self, window_start, window_end, state):
-        """CalendarView listing compared with the fingerprint in ``state`` (see the module docstring)."""
+        """CalendarView listing compared with the fingerprint in ``state`` (see the module docstring).
+
+        A calendar folder without a change since the state's ``folder_state`` costs one
+        SyncFolderItems and yields a single done page with ``state`` itself.
+        """
         window = window_bounds(window_start, window_end)
         saved, reset = saved_window_state(state, window)
         seen = dict(saved.get("seen") or {})
+        self._check_budget()
+        changed_folder, folder_state = self._calendar_changes(saved.get("folder_state"))
+        if saved and not changed_folder:
+            yield SyncPage(items=[], removed_ids=[], state=state, done=True, reset=False)
+            return
         self._check_budget()
         events = self._calendar_entries(window_start, window_end)
         current = {event.id: event.changekey for event in events}
@@ -831,6 +929,7 @@ class EwsBackend(MailboxBackend):
             yield SyncPage(
                 items=[event_from_ews(event) for event in chunk],
                 removed_ids=[],
+                # No folder state yet: resuming from here lists the window again.
                 state=json.dumps({"window": window, "seen": reported}),
                 done=False,
                 reset=reset,
@@ -839,10 +938,38 @@ class EwsBackend(MailboxBackend):
         yield SyncPage(
             items=[],
             removed_ids=removed,
-            state=json.dumps({"window": window, "seen": current}),
+            state=json.dumps({"window": window, "seen": current, "folder_state": folder_state}),
             done=True,
             reset=reset,
         )
+
+    def _calendar_changes(self, folder_state):
+        """``(changed, new folder state)`` of the calendar folder since ``folder_state`` (None: since ever).
+
+        Read before the CalendarView: a change made during the listing is seen at the next
+        run. The ids are not used (the view's change keys tell what changed in the window),
+        only whether there is any change; an expired state counts as a change.
+        """
+        account = self.account
+        calendar = self._calendar()
+        changed = folder_state is None
+        while True:
+            try:
+                changes, folder_state, last = self._call(
+                    lambda state=folder_state: self._sync_page(
+                        account, calendar, state, MAX_SYNC_CHANGES
+                    ),
+                    "EWS SyncFolderItems calendar",
+                )
+            except SyncStateExpired:
+                if folder_state is None:
+                    raise
+                folder_state, changed = None, True
+                continue
+            changed = changed or bool(changes)
+            if last:
+                return changed, folder_state
+            self._check_budget()
 
     def _calendar_entries(self, window_start, window_end):
         """Every calendar entry overlapping the window, listed sub-window by sub-window.
@@ -984,13 +1111,17 @@ class EwsBackend(MailboxBackend):
         )
 
     def close(self):
-        """Close exchangelib's sessions and drop its cached protocol for this endpoint and user."""
+        """Release the backend; its protocol stays open for the user's next backend in this process.
+
+        A protocol whose sign-in was refused or whose connection failed is closed and forgotten.
+        """
         if self._account is None:
             return
-        self._account.protocol.close()
-        # exchangelib caches one protocol per (endpoint, credentials) for the process lifetime.
-        with Protocol._protocol_cache_lock, contextlib.suppress(KeyError):
-            del Protocol[self.config]
+        if self._protocol_suspect:
+            _drop_protocol(self._account.protocol)
+        else:
+            # The next backend of this user in this process reuses its authenticated connections.
+            _keep_protocol(self._account.protocol)
         self._account = None
 
 

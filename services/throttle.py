@@ -159,10 +159,12 @@ class RetryPolicy:
                 wait = self.delay(attempt, retry.retry_after)
                 remaining = budget.remaining() if budget is not None else None
                 if remaining is not None and wait >= remaining:
-                    raise TimeBudgetExceeded(
+                    stop = TimeBudgetExceeded(
                         f"The run's time budget ends before Microsoft accepts more requests ({error})",
                         code=getattr(error, "code", None),
-                    ) from None
+                    )
+                    stop.retry_after = retry.retry_after
+                    raise stop from None
                 if waited + wait > self.max_total_wait:
                     _logger.warning("%s: giving up after waiting %.1fs: %s", what, waited, error)
                     raise error from None

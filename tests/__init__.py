@@ -18,3 +18,5 @@ from . import test_mailbox_access
 from . import test_oauth_logs
 from . import test_token_rotation
 from . import test_password_guessing
+from . import test_scheduler_scale
+from . import test_queue_job_mode

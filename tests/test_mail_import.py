@@ -6,6 +6,7 @@ from unittest.mock import patch
 from odoo.tests import TransactionCase, new_test_user, tagged
 from odoo.tools import mute_logger
 
+from odoo.addons.exchange_connector.models.exchange_mailbox import PendingRun
 from odoo.addons.mail.tools.discuss import Store
 
 from .common import ExchangeTenantMixin
@@ -75,12 +76,12 @@ class MailImportMixin(ExchangeTenantMixin):
     def sync_mails(self, user):
         """One mail sync of ``user`` through the seam, as the scheduler runs it (commits are no-ops here)."""
         mailbox = user._exchange_mailbox()
-        run = self.env["exchange.sync.run"]._start(user, "mails", "manual")
+        run = PendingRun(self.env["exchange.sync.run"], user, "mails", "manual")
         with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress), \
                 user._exchange_backend() as backend:
             mailbox._sync_mails(backend, run)
         self.env.invalidate_all()
-        return run
+        return run.record  # empty when the run found nothing new
 
     def messages_on(self, record, **domain):
         terms = [("model", "=", record._name), ("res_id", "=", record.id), ("message_type", "=", "email")]
@@ -312,7 +313,7 @@ class TestMailImport(MailImportMixin, TransactionCase):
                 raise RuntimeError("killed between the commit and the deletion")
             return delete_imported(mailbox, backend)
 
-        run = self.env["exchange.sync.run"]._start(user, "mails")
+        run = PendingRun(self.env["exchange.sync.run"], user, "mails", "cron")
         # Not assertRaises: it would roll back to a savepoint what the "committed" pages stored.
         crashed = False
         with patch.object(type(self.env["ir.cron"]), "_commit_progress", commit_and_look), \

@@ -29,6 +29,14 @@ class WorkerKilled(BaseException):
 
 class SchedulerMixin(ExchangeTenantMixin):
     @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # One mailbox at a time, in the calling cursor: the tests of the concurrent mode are in
+        # test_scheduler_scale.py (threads only see committed rows).
+        cls.startClassPatcher(patch.object(
+            type(cls.env["exchange.mailbox"]), "_exchange_sync_concurrency", return_value=1))
+
+    @classmethod
     def add_mails(cls, remote, count, folder_path="Inbox/Transfer In"):
         folder = remote.ensure_folder_path(folder_path)
         for number in range(count):
@@ -42,6 +50,32 @@ class SchedulerMixin(ExchangeTenantMixin):
         mailbox = user._exchange_mark_connected(remote.email)
         mailbox.next_sync = fields.Datetime.now() + due_in
         return user, remote, mailbox
+
+    @classmethod
+    def commit_ews_users(cls, prefix, count):
+        """``count`` connected on-premises users in committed rows (removed with the class), due in
+        the order they are made, each with a mail: ``cls.user_ids``, ``cls.emails`` {user id: address}."""
+        cls.addClassCleanup(cls.remove_committed_users)
+        cls.user_ids, cls.emails = [], {}
+        with cls.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            for number in range(count):
+                user, remote, _mailbox = cls.connected_ews_user(
+                    env, f"{prefix}{number}", due_in=timedelta(minutes=number - 10))
+                cls.user_ids.append(user.id)
+                cls.emails[user.id] = remote.email
+                cls.add_mails(remote, 1)
+
+    @classmethod
+    def remove_committed_users(cls):
+        with cls.registry.cursor() as cr:
+            env = api.Environment(cr, SUPERUSER_ID, {})
+            users = env["res.users"].browse(cls.user_ids).exists()
+            partners = users.partner_id
+            env["exchange.sync.run"].search([("user_id", "in", users.ids)]).unlink()
+            env["exchange.mailbox"].search([("user_id", "in", users.ids)]).unlink()
+            users.unlink()
+            partners.unlink()
 
     @staticmethod
     def ews_pages_of(size):
@@ -273,12 +307,12 @@ class TestScheduler(SchedulerMixin, TransactionCase):
         late_user, late_remote, late = self.connected_ews_user(self.env, "tom", due_in=timedelta(hours=-1))
         reported = []
 
-        def cron_run_with_3_seconds_left(cron, processed=0, *, remaining=None, deactivate=False):
+        def cron_run_with_1_second_left(cron, processed=0, *, remaining=None, deactivate=False):
             if remaining is not None:
                 reported.append(remaining)
-            return 3.0
+            return 1.0
 
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", cron_run_with_3_seconds_left):
+        with patch.object(type(self.env["ir.cron"]), "_commit_progress", cron_run_with_1_second_left):
             self.Mailbox._cron_sync()
         self.assertFalse(self.runs_of(early_user) | self.runs_of(late_user),
                          "not even the first mailbox starts")
@@ -287,7 +321,7 @@ class TestScheduler(SchedulerMixin, TransactionCase):
         self.assertGreaterEqual(reported[0], 2, "both are reported as remaining: Odoo runs the job again")
 
         # The administrator's budget cuts the time of a run outside the cron runner as well.
-        self.env["ir.config_parameter"].set_param("exchange_connector.cron_time_budget", "4")
+        self.env["ir.config_parameter"].set_param("exchange_connector.cron_time_budget", "1")
         self.run_cron()
         self.assertFalse(self.runs_of(early_user) | self.runs_of(late_user))
         self.assertEqual(self.tenant.request_log.count(mailbox=late_remote.email), 0)
@@ -300,9 +334,9 @@ class TestScheduler(SchedulerMixin, TransactionCase):
         now = [0.0]
         import_page = type(self.Mailbox)._import_message_page
 
-        def import_page_until_4_seconds_are_left(mailbox, folder_kind, page, run):
+        def import_page_until_1_second_is_left(mailbox, folder_kind, page, run):
             import_page(mailbox, folder_kind, page, run)
-            now[0] = 6
+            now[0] = 9
 
         def budget_on_the_test_clock(seconds):
             return RunBudget(seconds, clock=lambda: now[0])
@@ -311,11 +345,11 @@ class TestScheduler(SchedulerMixin, TransactionCase):
         with patch.object(type(self.env["ir.cron"]), "_commit_progress", return_value=10.0), \
                 patch(f"{MAILBOX_LOGGER}.RunBudget", budget_on_the_test_clock), \
                 patch.object(type(self.Mailbox), "_import_message_page",
-                             import_page_until_4_seconds_are_left):
+                             import_page_until_1_second_is_left):
             self.Mailbox._cron_sync()
         self.assertEqual(set(self.runs_of(early_user).mapped("state")), {"done"})
         self.assertFalse(early.sync_lease_until, "the lease ends with the sync")
-        self.assertFalse(self.runs_of(late_user), "4 seconds left: the next mailbox does not start")
+        self.assertFalse(self.runs_of(late_user), "1 second left: the next mailbox does not start")
         self.assertEqual(self.tenant.request_log.count(mailbox=late_remote.email), 0)
         self.assertIn(late, self.Mailbox.search(self.Mailbox._due_domain()))
 
@@ -434,27 +468,7 @@ class TestSchedulerConcurrency(SchedulerMixin, TransactionCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.start_tenant()  # on-premises mailboxes only: no company settings to commit
-        cls.addClassCleanup(cls.remove_committed_users)
-        cls.user_ids, cls.emails = [], {}
-        with cls.registry.cursor() as cr:
-            env = api.Environment(cr, SUPERUSER_ID, {})
-            for number in range(5):
-                user, remote, _mailbox = cls.connected_ews_user(
-                    env, f"conc{number}", due_in=timedelta(minutes=number - 10))
-                cls.user_ids.append(user.id)
-                cls.emails[user.id] = remote.email
-                cls.add_mails(remote, 1)
-
-    @classmethod
-    def remove_committed_users(cls):
-        with cls.registry.cursor() as cr:
-            env = api.Environment(cr, SUPERUSER_ID, {})
-            users = env["res.users"].browse(cls.user_ids).exists()
-            partners = users.partner_id
-            env["exchange.sync.run"].search([("user_id", "in", users.ids)]).unlink()
-            env["exchange.mailbox"].search([("user_id", "in", users.ids)]).unlink()
-            users.unlink()
-            partners.unlink()
+        cls.commit_ews_users("conc", 5)
 
     def test_two_workers_never_sync_the_same_mailbox(self):
         # Worker "first" leases the most overdue mailbox and stays inside its sync until worker
@@ -515,8 +529,8 @@ class TestSchedulerConcurrency(SchedulerMixin, TransactionCase):
         self.assertEqual(len(synced["second"]), 4, "the second worker skipped only the leased mailbox")
         self.assertEqual(sorted(all_synced), sorted(mailbox_ids))
         for email in self.emails.values():
-            self.assertEqual(self.tenant.request_log.count(endpoint="SyncFolderItems", mailbox=email), 2,
-                             "one listing of each transfer folder per mailbox")
+            self.assertEqual(self.tenant.request_log.count(endpoint="SyncFolderItems", mailbox=email), 3,
+                             "one listing of each transfer folder and of the calendar per mailbox")
 
 
 @tagged("post_install", "-at_install")
