@@ -264,7 +264,8 @@ class ExchangeMail(models.Model):
         for mail in self.filtered(lambda mail: mail.state in ("queued", "parked", "failed")):
             values = {"state": "ignored", "mime": False,
                       "reason": self.env._("Ignored by %(user)s.", user=self.env.user.name)}
-            if mail.user_id.exchange_delete_after_import:
+            # sudo: res.users - the mailbox preferences are closed to others, even in the mail's own rights
+            if mail.user_id.sudo().exchange_delete_after_import:
                 values["delete_pending"] = True
             mail.write(values)
 
