@@ -690,9 +690,9 @@ class ExchangeMailbox(models.Model):
     def _exchange_start_run(self, run):
         """The record of ``run`` (a :class:`PendingRun`), created after the lease is written and
         before the page that needs it: a page rolled back keeps its run, and no run is left
-        "started" without a lease that tells whether its worker is alive."""
+        "started" without a lease that tells whether its worker is alive. A run record given
+        directly (a sync called outside the scheduler) is used as it is."""
         self._exchange_check_lease()
-        # Tests and benchmarks may hand a run record (exchange.sync.run) instead: it is started.
         return run.started() if isinstance(run, PendingRun) else run
 
     def _exchange_list_transfer_folder(self, backend, folder_kind, folder, run):
