@@ -68,9 +68,10 @@ class ExchangeMailbox(models.Model):
         mailbox = self.with_context(exchange_mail_backend=backend)
         mailbox._exchange_delete_imported(backend)
         mailbox._exchange_retry_failed(backend, run)
-        super(ExchangeMailbox, mailbox)._sync_mails(backend, run)
+        result = super(ExchangeMailbox, mailbox)._sync_mails(backend, run)
         # Every page is committed at this point: what they stored may leave the folder now.
         mailbox._exchange_delete_imported(backend)
+        return result
 
     def _import_message_page(self, folder_kind, page, run):
         backend = self.env.context.get("exchange_mail_backend")
