@@ -6,8 +6,8 @@ worth of meetings (``--series`` daily series across the window, the rest single 
 calendar through the connector (``exchange.mailbox._sync_events``) into an Odoo database and
 prints: HTTP requests the tenant answered, wall time, SQL queries per imported event and the
 process's peak RSS (tenant included: it runs in this process). A second, no-change run follows:
-it should cost one listing per user (Graph: one delta request; EWS: its calendar views) and write
-nothing.
+it should cost one listing per user (Graph: one delta request; EWS: one SyncFolderItems on the
+calendar folder) and write nothing.
 
     $VENV/bin/python bench/bench_event_import.py [--events 2000] [--series 20] [--users 5]
                                                  [--shared 0.3] [--kinds mixed|graph|ews] [--db ect_bench]

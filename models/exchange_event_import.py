@@ -3,7 +3,7 @@ from collections import Counter
 
 import psycopg2.errors
 
-from odoo import Command, models
+from odoo import Command, fields, models
 from odoo.tools import html_sanitize
 
 from ..services.addresses import normalize_address
@@ -51,6 +51,18 @@ COMPARED_FIELDS = (
 class ExchangeMailbox(models.Model):
     _inherit = "exchange.mailbox"
 
+    # The window moves forward by itself every day; only these tell that the user made it smaller.
+    events_days_back = fields.Integer(
+        copy=False,
+        groups="base.group_system",
+        help="The user's days back when the calendar was last listed.",
+    )
+    events_days_ahead = fields.Integer(
+        copy=False,
+        groups="base.group_system",
+        help="The user's days ahead when the calendar was last listed.",
+    )
+
     # -- the listing ------------------------------------------------------------
 
     def _sync_events(self, backend, run):
@@ -74,6 +86,7 @@ class ExchangeMailbox(models.Model):
             # each would follow from importing them here too (see the preferences).
             _logger.info("Event import of %s left to Odoo's Outlook Calendar", self.user_id.login)
             return None
+        self._exchange_shrink_event_window(run, window)
         return super(ExchangeMailbox, self.with_context(exchange_event_listing=listing))._sync_events(
             backend, run
         )
@@ -111,6 +124,50 @@ class ExchangeMailbox(models.Model):
         counts = {name: count for name, count in counts.items() if count and name != "unchanged"}
         if counts:
             run._count(**counts)
+
+    def _exchange_shrink_event_window(self, run, window):
+        """Let go of the events a window the user made smaller no longer covers, as if removed.
+
+        Fewer days back lets go of the user's events that ended before the new start, fewer days
+        ahead of those that start after the new end; nothing is asked of Microsoft. The days the
+        window moves forward by itself let go of nothing: past meetings stay in Odoo.
+        """
+        user = self.user_id
+        days = {
+            "events_days_back": user.exchange_event_days_back,
+            "events_days_ahead": user.exchange_event_days_ahead,
+        }
+        if all(self[name] == value for name, value in days.items()):
+            return
+        fewer_back = days["events_days_back"] < self.events_days_back
+        fewer_ahead = days["events_days_ahead"] < self.events_days_ahead
+        # The run is there before the page, as for the listing's pages: a page rolled back keeps it.
+        record = self._exchange_start_run(run) if fewer_back or fewer_ahead else None
+        with self._exchange_page():
+            released = self.env["exchange.binding"]
+            if fewer_back or fewer_ahead:
+                bindings = (
+                    self.env["exchange.binding"]
+                    .sudo()
+                    .search(
+                        [
+                            ("user_id", "=", user.id),
+                            ("kind", "=", "event"),
+                            ("res_model", "=", "calendar.event"),
+                        ]
+                    )
+                )
+                events = self._exchange_events().browse(bindings.mapped("res_id")).exists()
+                outside = events.filtered(
+                    lambda event: (
+                        (fewer_back and event.stop < window[0]) or (fewer_ahead and event.start >= window[1])
+                    )
+                )
+                released = bindings.filtered(lambda binding: binding.res_id in outside.ids)
+            if released:
+                counts = Counter(self._exchange_release_event(binding) for binding in released)
+                record._count(**counts)
+            self.write(days)
 
     def _exchange_event_bindings(self, remote_ids):
         """``{remote id: exchange.binding}`` of this user's calendar entries among ``remote_ids``."""

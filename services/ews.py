@@ -52,16 +52,17 @@ from exchangelib import (
     Version,
 )
 from exchangelib import errors as ews_errors
-from exchangelib.fields import FieldPath
+from exchangelib.fields import FieldPath, URIField
 from exchangelib.folders import Calendar, Root
 from exchangelib.folders.queryset import SHALLOW as SHALLOW_FOLDERS
 from exchangelib.folders.queryset import SingleFolderQuerySet
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
-from exchangelib.items import HARD_DELETE, ID_ONLY, MOVE_TO_DELETED_ITEMS
+from exchangelib.items import HARD_DELETE, ID_ONLY, MOVE_TO_DELETED_ITEMS, CalendarItem
 from exchangelib.protocol import BaseProtocol, Protocol
 from exchangelib.services import FindItem, SyncFolderItems
 from exchangelib.services.common import EWSService
 from exchangelib.util import SOAPNS, ParseError, to_xml
+from exchangelib.version import EXCHANGE_2013
 
 from .backend import (
     ContactResult,
@@ -130,8 +131,23 @@ EVENT_FIELDS = [
     "reminder_is_set",
     "reminder_minutes_before_start",
 ]
+#: The meeting's join link, Exchange 2013 and later only (``JoinOnlineMeetingUrl`` of ``CalendarItemType``
+#: in types.xsd); Exchange 2010 has no such property, and exchangelib no field for it.
+JOIN_URL_FIELD = "join_online_meeting_url"
+if JOIN_URL_FIELD not in {field.name for field in CalendarItem.FIELDS}:
+    CalendarItem.add_field(
+        URIField(
+            JOIN_URL_FIELD,
+            field_uri="calendar:JoinOnlineMeetingUrl",
+            supported_from=EXCHANGE_2013,
+            is_read_only=True,
+        ),
+        insert_after="net_show_url",
+    )
 #: Exchange refuses a SyncFolderItems MaxChangesReturned above 512.
 MAX_SYNC_CHANGES = 512
+#: Messages per GetItem for their MIME: few HTTP requests, yet a bounded answer to hold in memory.
+MIME_BATCH = 50
 #: Contacts per CreateItem/UpdateItem/DeleteItem request.
 CONTACT_CHUNK = 100
 #: Calendar windows are listed in sub-windows of this size (each one CalendarView request).
@@ -400,6 +416,7 @@ def event_from_ews(item):
         original_start=_utc(item.original_start) if item.type in ("Occurrence", "Exception") else None,
         reminder_minutes=item.reminder_minutes_before_start if item.reminder_is_set else None,
         my_response=_RESPONSES.get((item.my_response_type or "").lower(), "none"),
+        online_meeting_url=getattr(item, JOIN_URL_FIELD, None) or "",
     )
 
 
@@ -874,6 +891,36 @@ class EwsBackend(MailboxBackend):
             raise _translate(result[0])
         return bytes(result[0].mime_content or b"")
 
+    def get_mimes(self, message_ids):
+        """Return ``{id: MIME bytes | ExchangeError}``: one GetItem (MimeContent) per ``MIME_BATCH`` ids."""
+        ids = list(dict.fromkeys(message_ids))
+        results = {}
+        if not ids:
+            return results
+        folder = self._folder()
+        account = self.account
+        for start in range(0, len(ids), MIME_BATCH):
+            self._check_budget()
+            chunk = ids[start : start + MIME_BATCH]
+            fetched = self._call(
+                lambda chunk=chunk: list(
+                    account.fetch(
+                        [(item_id, None) for item_id in chunk],
+                        folder=folder,
+                        only_fields=["mime_content"],
+                        chunk_size=len(chunk),
+                    )
+                ),
+                "EWS GetItem mime",
+            )
+            # GetItem answers in the order of the ids asked for, errors in place.
+            for item_id, item in zip(chunk, fetched, strict=False):
+                if isinstance(item, Exception):
+                    results[item_id] = _translate(item)
+                else:
+                    results[item_id] = bytes(item.mime_content or b"")
+        return results
+
     def move_message(self, message_id, dest):
         """Move the message; returns its new EWS id."""
         target = self._folder(dest.id)
@@ -901,6 +948,28 @@ class EwsBackend(MailboxBackend):
             and not isinstance(result[0], ews_errors.ErrorItemNotFound)
         ):
             raise _translate(result[0])
+
+    def delete_messages(self, message_ids, hard=False):
+        """Delete messages with one DeleteItem per ``MIME_BATCH`` ids: ``{id: None | ExchangeError}``."""
+        ids = list(dict.fromkeys(message_ids))
+        results = {}
+        if not ids:
+            return results
+        delete_type = HARD_DELETE if hard else MOVE_TO_DELETED_ITEMS
+        account = self.account
+        for start in range(0, len(ids), MIME_BATCH):
+            self._check_budget()
+            chunk = ids[start : start + MIME_BATCH]
+            answers = self._call(
+                lambda chunk=chunk: account.bulk_delete(
+                    [(item_id, None) for item_id in chunk], delete_type=delete_type, chunk_size=len(chunk)
+                ),
+                "EWS DeleteItem",
+            )
+            for item_id, answer in zip(chunk, answers, strict=False):
+                gone = isinstance(answer, ews_errors.ErrorItemNotFound)
+                results[item_id] = _translate(answer) if isinstance(answer, Exception) and not gone else None
+        return results
 
     # -- calendar -----------------------------------------------------------
 
@@ -985,6 +1054,9 @@ class EwsBackend(MailboxBackend):
         account = self.account
         calendar = self._call(lambda: account.calendar, "EWS GetFolder calendar")
         limit = self.calendar_max_entries
+        fields = list(EVENT_FIELDS)
+        if account.version.build >= EXCHANGE_2013:
+            fields.append(JOIN_URL_FIELD)
         todo = []
         start = window_start
         while start < window_end:
@@ -996,7 +1068,7 @@ class EwsBackend(MailboxBackend):
             self._check_budget()
             start, end = todo.pop()
             view = calendar.view(start=_ews_datetime(start), end=_ews_datetime(end), max_items=limit)
-            view = view.only(*EVENT_FIELDS)
+            view = view.only(*fields)
             view.page_size = limit
             found = self._call(lambda view=view: list(view), "EWS FindItem CalendarView")
             if len(found) >= limit:

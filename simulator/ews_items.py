@@ -13,6 +13,7 @@ from datetime import date, datetime, timezone
 from lxml import etree
 
 from .ews_xml import element, ordered, sub, t
+from .graph_render import resolve_time_zone, windows_zone_name
 from .store import as_utc, extended_property_key, occurrence_id
 
 # Element order of the complex types we emit (subsets of types.xsd sequences, in schema order).
@@ -40,7 +41,7 @@ CALENDAR_ORDER = ITEM_ORDER + (
     "Duration", "TimeZone", "AppointmentReplyTime", "AppointmentSequenceNumber", "AppointmentState",
     "Recurrence", "FirstOccurrence", "LastOccurrence", "ModifiedOccurrences", "DeletedOccurrences",
     "MeetingTimeZone", "StartTimeZone", "EndTimeZone", "ConferenceType", "AllowNewTimeProposal",
-    "IsOnlineMeeting", "MeetingWorkspaceUrl", "NetShowUrl",
+    "IsOnlineMeeting", "MeetingWorkspaceUrl", "NetShowUrl", "JoinOnlineMeetingUrl",
 )
 
 CONTACT_ORDER = ITEM_ORDER + (
@@ -411,7 +412,20 @@ def _common_item_fields(item, shape, folder, item_class):
             ),
         ),
         ("item:IsAssociated", lambda: element(t("IsAssociated"), False)),
-        ("item:ReminderIsSet", lambda: element(t("ReminderIsSet"), False)),
+        # Calendar items carry their reminder (messages have none set); as Exchange does, the minutes
+        # are kept whether the reminder is on or not.
+        (
+            "item:ReminderIsSet",
+            lambda: element(t("ReminderIsSet"), bool(getattr(item, "is_reminder_on", False))),
+        ),
+        (
+            "item:ReminderMinutesBeforeStart",
+            lambda: (
+                element(t("ReminderMinutesBeforeStart"), int(item.reminder_minutes))
+                if getattr(item, "reminder_minutes", None) is not None
+                else None
+            ),
+        ),
         ("item:Culture", lambda: element(t("Culture"), "en-US")),
     ]
     return fields
@@ -525,8 +539,19 @@ def _assemble(tag, item, shape, fields, order, item_id=None):
 
 
 def _windows_zone(name):
-    # Windows zone names have no "/" (IANA names do); exchangelib maps Windows ids, and "UTC" always works.
+    # Exchange names zones by their Windows ids, which exchangelib maps; "UTC" stands in for the unknown.
+    name = windows_zone_name(name)
     return name if name and "/" not in name else "UTC"
+
+
+def _all_day_edge(value, zone):
+    """An all-day edge as Exchange keeps it: midnight of its date in the event's zone (``StartTimeZone``).
+
+    The store keeps all-day events as midnight UTC of their dates; a client finds the dates again by
+    reading the instant in the zone the item names.
+    """
+    day = as_utc(value).date()
+    return datetime(day.year, day.month, day.day, tzinfo=resolve_time_zone(zone) or timezone.utc)
 
 
 def calendar_item_element(occurrence, shape, folder, master=None):
@@ -539,6 +564,8 @@ def calendar_item_element(occurrence, shape, folder, master=None):
     recurrence = getattr(master or source, "recurrence", None)
     start, end = source.start, source.end
     zone = _windows_zone(getattr(source, "time_zone", None))
+    if getattr(source, "is_all_day", False):
+        start, end = _all_day_edge(start, zone), _all_day_edge(end, zone)
     organizer = getattr(source, "organizer", None)
     attendees = list(getattr(source, "attendees", None) or [])
     fields = _common_item_fields(source, shape, folder, "IPM.Appointment")
@@ -612,7 +639,15 @@ def calendar_item_element(occurrence, shape, folder, master=None):
         ("calendar:EndTimeZone", lambda: element(t("EndTimeZone"), Id=zone)),
         ("calendar:ConferenceType", lambda: element(t("ConferenceType"), 0)),
         ("calendar:AllowNewTimeProposal", lambda: element(t("AllowNewTimeProposal"), True)),
-        ("calendar:IsOnlineMeeting", lambda: element(t("IsOnlineMeeting"), False)),
+        (
+            "calendar:IsOnlineMeeting",
+            lambda: element(t("IsOnlineMeeting"), bool(getattr(source, "online_meeting_url", None))),
+        ),
+        # Exchange 2013 and later (types.xsd CalendarItemType): the meeting's join link.
+        (
+            "calendar:JoinOnlineMeetingUrl",
+            lambda: _text("JoinOnlineMeetingUrl", getattr(source, "online_meeting_url", None)),
+        ),
     ]
     return _assemble(
         "CalendarItem",

@@ -497,22 +497,25 @@ def location(value):
             "uniqueIdType": "private", "address": {}, "coordinates": {}}
 
 
-def _all_day_edge(value, event_tz, out_label):
-    """All-day events are floating dates: midnight, whatever zone the client asked for."""
-    local = value.astimezone(event_tz)
-    return {"dateTime": local.strftime("%Y-%m-%dT00:00:00.0000000"), "timeZone": out_label}
+def _all_day_edge(value, out_label):
+    """All-day events are floating dates: midnight, whatever zone the client asked for.
+
+    The store keeps them as midnight UTC of their dates, whatever the event's own zone: read in
+    that zone, a date west of UTC would come out one day early.
+    """
+    day = value.astimezone(UTC)
+    return {"dateTime": day.strftime("%Y-%m-%dT00:00:00.0000000"), "timeZone": out_label}
 
 
 def event(ev, item_id, mailbox_email, out_tz, out_tz_label, event_type="singleInstance",
           series_master_id=None, original_start=None, want_text_body=False):
     """microsoft.graph.event for a store Event or a calendar-view Occurrence."""
     tz_name = getattr(ev, "time_zone", None) or "UTC"
-    event_tz = resolve_time_zone(tz_name) or UTC
     response, is_organizer = _response_of_owner(ev, mailbox_email)
     body_html = getattr(ev, "body_html", None) or ""
     if getattr(ev, "is_all_day", False):
-        start = _all_day_edge(ev.start, event_tz, out_tz_label)
-        end = _all_day_edge(ev.end, event_tz, out_tz_label)
+        start = _all_day_edge(ev.start, out_tz_label)
+        end = _all_day_edge(ev.end, out_tz_label)
     else:
         start = date_time_time_zone(ev.start, out_tz, out_tz_label)
         end = date_time_time_zone(ev.end, out_tz, out_tz_label)

@@ -289,7 +289,7 @@ class Event(Item):
     body_html: str = ""
     start: Optional[datetime] = None
     end: Optional[datetime] = None
-    is_all_day: bool = False
+    is_all_day: bool = False  # start and end are then midnight UTC of their dates, whatever time_zone says
     time_zone: str = "UTC"
     location: str = ""
     organizer: tuple = ("", "")

@@ -223,20 +223,24 @@ class TestEventImport(EventImportMixin, TransactionCase):
                 self.assertEqual(self.states(event), {user.partner_id: "accepted", olga: "accepted"})
                 self.assertTrue(event.exchange_imported and not event.exchange_in_series)
                 self.assertFalse(event.with_user(user).user_can_edit, "Outlook leads: read-only in Odoo")
-                if kind == "graph":  # the simulated EWS has neither online meeting URLs nor reminders
-                    self.assertEqual(event.videocall_location, "https://meet.example.com/review")
-                    self.assertEqual(event.alarm_ids.mapped("duration_minutes"), [15])
+                self.assertEqual(event.videocall_location, "https://meet.example.com/review")
+                self.assertEqual(event.alarm_ids.mapped("duration_minutes"), [15])
 
     def test_all_day_events_keep_their_dates_in_every_user_zone(self):
-        for kind, tz in itertools.product(KINDS, ("Europe/Berlin", "America/New_York", "Asia/Tokyo")):
-            with self.subTest(kind=kind, tz=tz):
+        # The event's own zone (the organizer's) west and east of UTC, the user's in three more.
+        for kind, tz, event_tz in itertools.product(
+            KINDS, ("Europe/Berlin", "America/New_York", "Asia/Tokyo"), ("America/Los_Angeles", "Asia/Tokyo")
+        ):
+            with self.subTest(kind=kind, tz=tz, event_tz=event_tz):
                 user, remote = self.mailbox_user(kind, "allday", tz=tz)
+                day = self.at(10, 0, 0, event_tz)
                 item = add_scenario_event(
-                    remote, {"subject": "Fair", "start": self.at(10, 0, 0), "all_day": True, "days": 2}
+                    remote,
+                    {"subject": "Fair", "start": day, "all_day": True, "days": 2, "time_zone": event_tz},
                 )
                 self.sync(user)
                 event = self.events_of(item.ical_uid)
-                first = item.start.date()
+                first = datetime.fromisoformat(day).date()
                 self.assertTrue(event.allday)
                 self.assertEqual((event.start_date, event.stop_date), (first, first + timedelta(days=1)))
 
@@ -452,6 +456,50 @@ class TestEventImport(EventImportMixin, TransactionCase):
                 self.assertEqual(runs.count_created, 1)
                 self.assertEqual(len(self.events_of(near.ical_uid)), 1)
                 self.assertEqual(len(self.events_of(far.ical_uid)), 1)
+
+    def test_a_smaller_window_lets_go_of_what_it_no_longer_covers(self):
+        for kind in KINDS:
+            with self.subTest(kind=kind):
+                window = {"exchange_event_days_back": 30, "exchange_event_days_ahead": 60}
+                user, remote = self.mailbox_user(kind, "shrink", **window)
+                colleague, colleague_remote = self.mailbox_user(kind, "shrink", **window)
+                near = add_scenario_event(remote, {"subject": "Near", "start": self.at(5, 9)})
+                past = add_scenario_event(remote, {"subject": "Past", "start": self.at(-20, 9)})
+                far = add_scenario_event(remote, {"subject": "Far", "start": self.at(40, 9)})
+                shared = add_meeting(
+                    self.tenant.store,
+                    {
+                        "organizer": colleague_remote.email,
+                        "subject": "Board",
+                        "start": self.at(45, 9),
+                        "attendees": [{"address": remote.email, "response": "accepted"}],
+                    },
+                )
+                self.tenant.request_log.clear()
+                self.sync(user)
+                listing = self.tenant.request_log.count(protocol=kind, mailbox=remote.email)
+                self.sync(colleague)
+                board = self.events_of(shared[0].ical_uid)
+                self.assertEqual(board.partner_ids, user.partner_id | colleague.partner_id)
+                self.assertTrue(self.events_of(past.ical_uid) and self.events_of(far.ical_uid))
+
+                user.write({"exchange_event_days_back": 10, "exchange_event_days_ahead": 20})
+                self.tenant.request_log.clear()
+                runs = self.sync(user)
+                self.assertLessEqual(
+                    self.tenant.request_log.count(protocol=kind, mailbox=remote.email),
+                    listing,
+                    "one listing, no request per event let go",
+                )
+                self.assertFalse(self.events_of(past.ical_uid), "before the new start: let go")
+                self.assertFalse(self.events_of(far.ical_uid), "after the new end: let go")
+                self.assertEqual(len(self.events_of(near.ical_uid)), 1, "inside: kept as it is")
+                self.assertTrue(board.active, "the colleague still has it")
+                self.assertEqual(board.partner_ids, colleague.partner_id, "only that user left it")
+                self.assertEqual((runs.count_deleted, runs.count_updated, runs.count_created), (2, 1, 0))
+
+                with self.assert_no_writes():
+                    self.sync(user)
 
     @contextmanager
     def assert_no_writes_on(self, event):

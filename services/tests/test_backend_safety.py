@@ -182,6 +182,23 @@ def test_all_day_event_ends_at_the_next_midnight(backend, mailbox):
     assert (event.start, event.end) == (datetime(2024, 6, 5, tzinfo=UTC), datetime(2024, 6, 7, tzinfo=UTC))
 
 
+@pytest.mark.parametrize("zone", ["America/Los_Angeles", "Pacific Standard Time", "Asia/Tokyo"])
+def test_all_day_event_keeps_its_dates_in_zones_west_and_east_of_utc(backend, mailbox, zone):
+    # Graph gives midnights of the dates; EWS gives midnight in the event's zone with that zone.
+    mailbox.add_event(
+        subject="Holiday",
+        start=datetime(2024, 6, 5, tzinfo=UTC),
+        end=datetime(2024, 6, 7, tzinfo=UTC),
+        is_all_day=True,
+        time_zone=zone,
+    )
+    pages = list(
+        backend.sync_events(datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 6, 30, tzinfo=UTC), None)
+    )
+    [event] = [event for page in pages for event in page.items]
+    assert (event.start, event.end) == (datetime(2024, 6, 5, tzinfo=UTC), datetime(2024, 6, 7, tzinfo=UTC))
+
+
 def test_long_retry_after_with_a_short_budget_stops_at_once(make_backend, mailbox, tenant, kind):
     backend = make_backend(mailbox)
     folder = backend.ensure_contact_folder("Odoo")
@@ -232,3 +249,55 @@ def test_ews_calendar_beyond_the_find_count_limit(make_ews_backend, mailbox, ten
     sync(first_state)
     assert outcome["events"] == []
     assert len(outcome["removed"]) == 1
+
+
+def test_reminders_and_online_meeting_urls_of_events(backend, mailbox):
+    window = (datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 6, 30, tzinfo=UTC))
+    mailbox.add_event(
+        subject="Call",
+        start=datetime(2024, 6, 5, 9, tzinfo=UTC),
+        end=datetime(2024, 6, 5, 10, tzinfo=UTC),
+        reminder_minutes=30,
+        is_reminder_on=True,
+        online_meeting_url="https://teams.example.com/l/meetup-join/1",
+    )
+    mailbox.add_event(
+        subject="Quiet",
+        start=datetime(2024, 6, 6, 9, tzinfo=UTC),
+        end=datetime(2024, 6, 6, 10, tzinfo=UTC),
+        reminder_minutes=30,
+        is_reminder_on=False,
+    )
+    events = {event.subject: event for page in backend.sync_events(*window, None) for event in page.items}
+    assert (events["Call"].reminder_minutes, events["Call"].online_meeting_url) == (
+        30,
+        "https://teams.example.com/l/meetup-join/1",
+    )
+    assert (events["Quiet"].reminder_minutes, events["Quiet"].online_meeting_url) == (None, "")
+
+
+def test_exchange_2010_has_no_join_urls_and_is_not_asked_for_them(tenant, mailbox):
+    tenant.ews_server_profile = "Exchange2010_SP2"
+    try:
+        mailbox.add_event(
+            subject="Call",
+            start=datetime(2024, 6, 5, 9, tzinfo=UTC),
+            end=datetime(2024, 6, 5, 10, tzinfo=UTC),
+            reminder_minutes=10,
+            online_meeting_url="https://teams.example.com/l/meetup-join/1",
+        )
+        backend = services.ews.EwsBackend(
+            mailbox.email, mailbox.email, mailbox.password, tenant.ews_url, auth_type="basic",
+            verify=tenant.ca_path,
+        )
+        with backend:
+            pages = list(
+                backend.sync_events(datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 6, 30, tzinfo=UTC), None)
+            )
+        [event] = [event for page in pages for event in page.items]
+        assert (event.reminder_minutes, event.online_meeting_url) == (10, "")
+        views = [body for operation, body, _answer, _status in tenant._protocol_app("ews", "EwsApp").recorded
+                 if operation == "FindItem"]
+        assert views and all(b"JoinOnlineMeetingUrl" not in body for body in views)
+    finally:
+        tenant.ews_server_profile = None

@@ -596,6 +596,16 @@ def test_events_list_masters_and_all_day_events(tenant, graph, weekly_series):
     assert 'outlook.body-content-type="text"' in text.headers["Preference-Applied"]
 
 
+def test_all_day_events_keep_their_dates_west_of_utc(tenant, graph):
+    mailbox = tenant.store.mailbox(ALICE)
+    holiday = mailbox.add_event(subject="Holiday", is_all_day=True, time_zone="Pacific Standard Time",
+                                start=datetime.datetime(2024, 4, 22, tzinfo=UTC),
+                                end=datetime.datetime(2024, 4, 23, tzinfo=UTC))
+    answer = graph.get("events/" + holiday.id, "event", headers={"Prefer": 'outlook.timezone="UTC"'}).json()
+    assert (answer["start"]["dateTime"], answer["end"]["dateTime"]) == (
+        "2024-04-22T00:00:00.0000000", "2024-04-23T00:00:00.0000000")
+
+
 def test_calendar_view_requires_a_window(graph):
     for path in ("calendarView", "calendar/calendarView?startDateTime=2024-04-01T00:00:00Z",
                  "calendarView/delta"):
