@@ -1,5 +1,6 @@
 import json
 import xmlrpc.client
+from unittest.mock import patch
 from urllib.parse import parse_qs, urlsplit
 
 from odoo.tests import new_test_user
@@ -33,6 +34,16 @@ CLIENT_SECRET = "odoo~test~secret"
 DIRECT_REDIRECT_URI = "https://odoo.test/exchange_connector/oauth/callback"
 PASSWORD = "Passw0rd!"
 TOKEN_ENDPOINT = "/{tenant}/oauth2/v2.0/token"
+
+
+def _no_commit_progress(self, processed=0, *, remaining=None, deactivate=False):
+    return float("inf")
+
+
+def no_commit_progress(env):
+    """Patch ``ir.cron._commit_progress`` for a sync run in the test transaction, which cannot commit:
+    it commits nothing and reports unlimited time left."""
+    return patch.object(type(env["ir.cron"]), "_commit_progress", _no_commit_progress)
 
 
 class ExchangeTenantMixin:
@@ -106,6 +117,14 @@ class ExchangeTenantMixin:
             env, login=f"{name}.test", name=name.title(), exchange_account_type="graph",
             exchange_email=remote.email, **values)
         user.exchange_token_cache = cls.sign_in(remote.email)
+        return user, remote
+
+    @classmethod
+    def connected_user(cls, kind, name, env=None, **values):
+        """A Graph or EWS user (``kind``) of the tenant whose connection is recorded: syncing may start."""
+        maker = cls.graph_user if kind == "graph" else cls.ews_user
+        user, remote = maker(env or cls.env, name, **values)
+        user._exchange_mark_connected(remote.email)
         return user, remote
 
     @classmethod

@@ -15,34 +15,24 @@ from odoo.tools import mute_logger
 from odoo.addons.exchange_connector.services.event_mapping import series_uid
 from odoo.addons.exchange_connector.simulator.scenario import add_meeting, add_scenario_event
 
-from .common import ExchangeTenantMixin
+from .common import ExchangeTenantMixin, no_commit_progress
 
 UTC = timezone.utc
 KINDS = ("graph", "ews")
 _numbers = itertools.count(1)
 
 
-def _no_commit_progress(self, processed=0, *, remaining=None, deactivate=False):
-    return float("inf")
-
-
 class EventImportMixin(ExchangeTenantMixin):
     """Users linked to mailboxes of the local tenant, synced event by event in the test transaction."""
 
     def mailbox_user(self, kind, name, **values):
-        name = f"{name}{next(_numbers)}"
         values = dict({"exchange_sync_mails": False, "exchange_sync_contacts": False}, **values)
-        if kind == "graph":
-            user, remote = self.graph_user(self.env, name, **values)
-        else:
-            user, remote = self.ews_user(self.env, name, **values)
-        user._exchange_mark_connected(remote.email)
-        return user, remote
+        return self.connected_user(kind, f"{name}{next(_numbers)}", env=self.env, **values)
 
     def sync(self, *users):
         """Sync the calendars of ``users`` (in this order); return their runs."""
         runs = self.env["exchange.sync.run"]
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress):
+        with no_commit_progress(self.env):
             for user in users:
                 run = runs._start(user, "events", "manual")
                 with user._exchange_backend() as backend:
@@ -628,10 +618,10 @@ class TestEventImportConcurrency(EventImportMixin, TransactionCase):
     def committed_ews_user(self, name):
         with self.registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})
-            user, remote = self.ews_user(
-                env, f"{name}{next(_numbers)}", exchange_sync_mails=False, exchange_sync_contacts=False
+            user, remote = self.connected_user(
+                "ews", f"{name}{next(_numbers)}", env=env,
+                exchange_sync_mails=False, exchange_sync_contacts=False,
             )
-            user._exchange_mark_connected(remote.email)
             user_id = user.id
         self.addCleanup(self.remove_committed_user, user_id)
         return user_id, remote

@@ -1,10 +1,9 @@
 from datetime import timedelta
-from unittest.mock import patch
 
 from odoo import fields
 from odoo.tests import TransactionCase, tagged
 
-from .test_scheduler import SchedulerMixin, _no_commit_progress
+from .test_scheduler import SchedulerMixin
 
 
 # Not a standard test: it needs OCA queue_job installed in the database. ./dev/test runs it in a
@@ -15,16 +14,11 @@ class TestQueueJobMode(SchedulerMixin, TransactionCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.start_tenant(cls.env)
-        cls.Mailbox = cls.env["exchange.mailbox"]
 
     def setUp(self):
         super().setUp()
         self.tenant.knobs.reset()
         self.tenant.request_log.clear()
-
-    def run_cron(self):
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress):
-            self.Mailbox._cron_sync()
 
     def jobs_of(self, mailboxes):
         keys = [f"exchange_connector.sync.{mailbox.id}" for mailbox in mailboxes]

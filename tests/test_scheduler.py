@@ -13,14 +13,10 @@ from odoo.tools import mute_logger
 from odoo.addons.exchange_connector.services import ExchangeError, RunBudget, TimeBudgetExceeded
 from odoo.addons.exchange_connector.services.ews import EwsBackend
 
-from .common import ExchangeTenantMixin
+from .common import ExchangeTenantMixin, no_commit_progress
 from .test_backend_seam import MIME
 
 MAILBOX_LOGGER = "odoo.addons.exchange_connector.models.exchange_mailbox"
-
-
-def _no_commit_progress(self, processed=0, *, remaining=None, deactivate=False):
-    return float("inf")
 
 
 class WorkerKilled(BaseException):
@@ -35,6 +31,8 @@ class SchedulerMixin(ExchangeTenantMixin):
         # test_scheduler_scale.py (threads only see committed rows).
         cls.startClassPatcher(patch.object(
             type(cls.env["exchange.mailbox"]), "_exchange_sync_concurrency", return_value=1))
+        cls.Mailbox = cls.env["exchange.mailbox"]
+        cls.Run = cls.env["exchange.sync.run"]
 
     @classmethod
     def add_mails(cls, remote, count, folder_path="Inbox/Transfer In"):
@@ -46,8 +44,8 @@ class SchedulerMixin(ExchangeTenantMixin):
 
     @classmethod
     def connected_ews_user(cls, env, name, due_in=timedelta(0), **values):
-        user, remote = cls.ews_user(env, name, **values)
-        mailbox = user._exchange_mark_connected(remote.email)
+        user, remote = cls.connected_user("ews", name, env=env, **values)
+        mailbox = user._exchange_mailbox()
         mailbox.next_sync = fields.Datetime.now() + due_in
         return user, remote, mailbox
 
@@ -90,7 +88,7 @@ class SchedulerMixin(ExchangeTenantMixin):
 
     def run_cron(self, budget=None):
         """``_cron_sync`` in the test transaction, which cannot commit (TestSchedulerConcurrency commits)."""
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress):
+        with no_commit_progress(self.env):
             self.env["exchange.mailbox"]._cron_sync(budget=budget)
 
     def run_worker(self):
@@ -131,8 +129,6 @@ class TestScheduler(SchedulerMixin, TransactionCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.start_tenant(cls.env)
-        cls.Mailbox = cls.env["exchange.mailbox"]
-        cls.Run = cls.env["exchange.sync.run"]
 
     def setUp(self):
         super().setUp()

@@ -9,7 +9,7 @@ from odoo.tests import TransactionCase, tagged
 
 from odoo.addons.exchange_connector.services import RunBudget
 
-from .test_scheduler import SchedulerMixin, _no_commit_progress
+from .test_scheduler import SchedulerMixin
 
 WRITE = re.compile(r"^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(\w+)", re.IGNORECASE)
 
@@ -50,16 +50,10 @@ class TestNoChangeSync(SchedulerMixin, TransactionCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.start_tenant(cls.env)
-        cls.Mailbox = cls.env["exchange.mailbox"]
-        cls.Run = cls.env["exchange.sync.run"]
 
     def setUp(self):
         super().setUp()
         self.tenant.knobs.reset()
-
-    def run_cron(self, budget=None):
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress):
-            self.Mailbox._cron_sync(budget=budget)
 
     def synced_once_then_due(self, user):
         """Sync ``user``'s mailbox a first time (folders, states), then make it due again."""
