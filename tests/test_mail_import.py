@@ -9,7 +9,7 @@ from odoo.tools import mute_logger
 from odoo.addons.exchange_connector.models.exchange_mailbox import PendingRun
 from odoo.addons.mail.tools.discuss import Store
 
-from .common import ExchangeTenantMixin, no_commit_progress
+from .common import ConfiguredTenantMixin, ExchangeTenantMixin, no_commit_progress
 
 IMPORT_LOGGER = "odoo.addons.exchange_connector.models.exchange_mail_import"
 ADDON = Path(__file__).resolve().parent.parent
@@ -87,11 +87,10 @@ class MailImportMixin(ExchangeTenantMixin):
 
 
 @tagged("post_install", "-at_install")
-class TestMailImport(MailImportMixin, TransactionCase):
+class TestMailImport(MailImportMixin, ConfiguredTenantMixin, TransactionCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.start_tenant(cls.env)
         Partner = cls.env["res.partner"]
         cls.customer = Partner.create(
             {"name": "Customer Co", "is_company": True, "email": "info@customer.test"})
@@ -101,11 +100,6 @@ class TestMailImport(MailImportMixin, TransactionCase):
         cls.ruth = Partner.create({"name": "Ruth", "email": "ruth@other.test"})
         cls.colleague = new_test_user(cls.env, login="colleague.test", name="Colleague",
                                       email="colleague@ourcompany.test")
-
-    def setUp(self):
-        super().setUp()
-        self.tenant.knobs.reset()
-        self.tenant.request_log.clear()
 
     def check_routing(self, kind):
         user, remote = self.connected_user(kind, f"route{kind}")

@@ -3,23 +3,14 @@ from datetime import timedelta
 from odoo import fields
 from odoo.tests import TransactionCase, tagged
 
+from .common import ConfiguredTenantMixin
 from .test_scheduler import SchedulerMixin
 
 
 # Not a standard test: it needs OCA queue_job installed in the database. ./dev/test runs it in a
 # database of its own with queue_job (see dev/test, "queue_job mode").
 @tagged("-standard", "exchange_queue_job", "post_install", "-at_install")
-class TestQueueJobMode(SchedulerMixin, TransactionCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.start_tenant(cls.env)
-
-    def setUp(self):
-        super().setUp()
-        self.tenant.knobs.reset()
-        self.tenant.request_log.clear()
-
+class TestQueueJobMode(SchedulerMixin, ConfiguredTenantMixin, TransactionCase):
     def jobs_of(self, mailboxes):
         keys = [f"exchange_connector.sync.{mailbox.id}" for mailbox in mailboxes]
         return self.env["queue.job"].search([("identity_key", "in", keys)], order="id")
