@@ -23,24 +23,19 @@ leaves one behind: ``$TEST_DB``).
 import argparse
 import collections
 import os
-import sys
 import time
 from unittest.mock import patch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ODOO_SRC = os.environ.get("ODOO_SRC", "/opt/odoo19")
-STATE = os.environ.get("EXCHANGE_CONNECTOR_HOME", os.path.expanduser("~/.local/share/exchange_connector"))
-sys.path.insert(0, ODOO_SRC)
+import connector_bench
+from connector_bench import PASSWORD
+
+connector_bench.put_odoo_on_path()
 
 import odoo  # noqa: E402
 from odoo import SUPERUSER_ID, api  # noqa: E402
-from odoo.modules.registry import Registry  # noqa: E402
-from odoo.tools import config  # noqa: E402
 
-CLIENT_ID = "bench-contact-push"
-CLIENT_SECRET = "bench-secret"
-REDIRECT_URI = "https://odoo.test/exchange_connector/oauth/callback"
-PASSWORD = "Passw0rd!"
+from simulator import Tenant  # noqa: E402
+
 GRAPH_WRITES = {"POST", "PATCH", "DELETE"}
 EWS_WRITES = {"CreateItem", "UpdateItem", "DeleteItem"}
 WRITE_VERBS = ("INSERT", "UPDATE", "DELETE")
@@ -123,33 +118,13 @@ def make_partners(env, count):
     } for number in range(count)])
 
 
-def configure(env, tenant):
-    params = env["ir.config_parameter"].sudo()
-    for key, value in {
-        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "authority_host": tenant.base_url,
-        "tenant_id": tenant.tenant_id, "graph_url": tenant.graph_url, "ca_bundle_path": tenant.ca_path,
-    }.items():
-        params.set_param(f"exchange_connector.{key}", value)
-
-
 def make_user(env, tenant, kind):
-    from odoo.addons.exchange_connector.services.auth import GraphOAuth  # noqa: PLC0415
-
     remote = tenant.store.add_mailbox(f"bench.{kind}@contoso.test", f"Bench {kind}", password=PASSWORD)
-    values = {"name": f"Bench {kind}", "login": f"bench.{kind}", "exchange_email": remote.email,
-              "exchange_account_type": kind, "group_ids": [(6, 0, env.ref("base.group_user").ids)]}
-    if kind == "ews":
-        with open(tenant.ca_path, encoding="ascii") as handle:
-            values.update(exchange_ews_url=tenant.ews_url, exchange_ews_username=remote.email,
-                          exchange_ews_password=PASSWORD, exchange_ews_auth="ntlm", exchange_verify_tls=True,
-                          exchange_ca_bundle=handle.read())
+    values = {"name": f"Bench {kind}", "login": f"bench.{kind}",
+              "group_ids": [(6, 0, env.ref("base.group_user").ids)],
+              **connector_bench.mailbox_values(tenant, kind, remote.email)}
     user = env["res.users"].with_context(no_reset_password=True).create(values)
-    if kind == "graph":
-        oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, tenant.authority, verify=tenant.ca_path)
-        flow = oauth.start_sign_in(REDIRECT_URI, login_hint=remote.email)
-        answer = tenant.browser_sign_in(flow["auth_uri"], remote.email, PASSWORD)
-        user.exchange_token_cache = oauth.finish_sign_in(flow, answer).cache_blob
-    user._exchange_mark_connected(remote.email)
+    connector_bench.connect(user, tenant)
     return user
 
 
@@ -160,24 +135,15 @@ def main():
     parser.add_argument("--partners", type=int, default=5000)
     parser.add_argument("--edits", type=int, default=50)
     args = parser.parse_args()
-    config.parse_config([
-        f"--addons-path={ODOO_SRC}/addons,{ODOO_SRC}/odoo/addons,{STATE}/addons",
-        f"--data-dir={STATE}/data", "--log-level=warn", "-d", args.database,
-    ])
-    sys.path.insert(0, REPO)
-    from simulator import Tenant  # noqa: PLC0415
-
-    registry = Registry(args.database)
+    registry = connector_bench.open_registry(args.database)
     with Tenant.start() as tenant, registry.cursor() as cr:
-        tenant.register_app(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])
+        connector_bench.register_app(tenant)
         env = api.Environment(cr, SUPERUSER_ID, {})
-        configure(env, tenant)
+        connector_bench.configure_company(env, tenant)
         print(f"Contact push of {args.partners} subscribed partners, then {args.edits} edits "
               f"(Odoo database {args.database}, rolled back at the end)")
-        no_commit = patch.object(type(env["ir.cron"]), "_commit_progress",
-                                 lambda self, processed=0, **kwargs: float("inf"))
         try:
-            with no_commit:
+            with connector_bench.no_commit_progress(env):
                 partners = make_partners(env, args.partners)
                 for kind in ("graph", "ews"):
                     user = make_user(env, tenant, kind)

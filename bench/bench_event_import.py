@@ -20,47 +20,25 @@ or two); every run works in one transaction that is rolled back, so runs do not 
 import argparse
 import os
 import random
-import resource
-import sys
 import time
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
 from unittest.mock import patch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ODOO_SRC = os.environ.get("ODOO_SRC", "/opt/odoo19")
-HOME = os.environ.get("EXCHANGE_CONNECTOR_HOME", os.path.expanduser("~/.local/share/exchange_connector"))
-sys.path.insert(0, REPO)
-sys.path.insert(0, ODOO_SRC)
+import connector_bench
+from connector_bench import PASSWORD
+
+connector_bench.put_odoo_on_path()
 
 from simulator import Tenant  # noqa: E402
 from simulator.scenario import add_meeting  # noqa: E402
 
-CLIENT_ID = "bench-events-client"
-CLIENT_SECRET = "bench-events-secret"
-REDIRECT_URI = "https://odoo.test/exchange_connector/oauth/callback"
-PASSWORD = "Passw0rd!"
 UTC = timezone.utc
 DAYS_BACK = 30
 DAYS_AHEAD = 30
 #: Models whose writes a no-change run must not cause.
 WATCHED = ("calendar.event", "calendar.attendee", "exchange.binding", "res.partner", "calendar.event.type")
-
-
-def boot_registry(db):
-    import odoo  # noqa: F401, PLC0415 - after sys.path points at ODOO_SRC
-    from odoo.modules.registry import Registry  # noqa: PLC0415
-    from odoo.service import db as db_service  # noqa: PLC0415
-    from odoo.tools import config  # noqa: PLC0415
-
-    addons = f"{ODOO_SRC}/addons,{ODOO_SRC}/odoo/addons,{HOME}/addons"
-    config.parse_config([f"--addons-path={addons}", f"--data-dir={HOME}/data", "--log-level=warn", "-d", db])
-    if not db_service.exp_db_exist(db):
-        print(f"creating database {db} with exchange_connector (once, a minute or two)...", flush=True)
-        db_service._create_empty_database(db)
-        Registry.new(db, update_module=True, install_modules=["exchange_connector"], new_db_demo=False)
-    return Registry(db)
 
 
 def seed(tenant, mailboxes, events, series, shared, rng):
@@ -106,20 +84,7 @@ def seed(tenant, mailboxes, events, series, shared, rng):
 
 
 def make_users(env, tenant, mailboxes, kinds):
-    from odoo.addons.exchange_connector.services.auth import GraphOAuth  # noqa: PLC0415
-
-    params = env["ir.config_parameter"].sudo()
-    for key, value in {
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "authority_host": tenant.base_url,
-        "tenant_id": tenant.tenant_id,
-        "graph_url": tenant.graph_url,
-        "ca_bundle_path": tenant.ca_path,
-    }.items():
-        params.set_param(f"exchange_connector.{key}", value)
-    with open(tenant.ca_path, encoding="ascii") as handle:
-        ca_pem = handle.read()
+    connector_bench.configure_company(env, tenant)
     users = []
     for index, mailbox in enumerate(mailboxes):
         kind = kinds[index % len(kinds)]
@@ -127,30 +92,15 @@ def make_users(env, tenant, mailboxes, kinds):
             "name": mailbox.display_name,
             "login": f"bench.{mailbox.email}",
             "email": mailbox.email,
-            "exchange_account_type": kind,
-            "exchange_email": mailbox.email,
+            **connector_bench.mailbox_values(tenant, kind, mailbox.email),
             "exchange_event_days_back": DAYS_BACK,
             "exchange_event_days_ahead": DAYS_AHEAD,
             "exchange_sync_mails": False,
             "exchange_sync_contacts": False,
             "group_ids": [(6, 0, [env.ref("base.group_user").id])],
         }
-        if kind == "ews":
-            values.update(
-                exchange_ews_url=tenant.ews_url,
-                exchange_ews_username=mailbox.email,
-                exchange_ews_password=PASSWORD,
-                exchange_ews_auth="ntlm",
-                exchange_verify_tls=True,
-                exchange_ca_bundle=ca_pem,
-            )
         user = env["res.users"].with_context(no_reset_password=True).create(values)
-        if kind == "graph":
-            oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, tenant.authority, verify=tenant.ca_path)
-            flow = oauth.start_sign_in(REDIRECT_URI, login_hint=mailbox.email)
-            answer = tenant.browser_sign_in(flow["auth_uri"], mailbox.email, PASSWORD)
-            user.exchange_token_cache = oauth.finish_sign_in(flow, answer).cache_blob
-        user._exchange_mark_connected(mailbox.email)
+        connector_bench.connect(user, tenant)
         users.append(user)
     return users
 
@@ -212,12 +162,12 @@ def main():
     args = parser.parse_args()
     kinds = ["graph", "ews"] if args.kinds == "mixed" else [args.kinds]
 
-    registry = boot_registry(args.db)
+    registry = connector_bench.open_registry(args.db, create=True)
     from odoo import SUPERUSER_ID, api  # noqa: PLC0415
 
     rng = random.Random(args.seed)
     with Tenant.start() as tenant, registry.cursor() as cr:
-        tenant.register_app(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])
+        connector_bench.register_app(tenant)
         mailboxes = [
             tenant.store.add_mailbox(f"bench{n}@contoso.test", f"Bench User {n}", password=PASSWORD)
             for n in range(args.users)
@@ -228,7 +178,7 @@ def main():
             users = make_users(env, tenant, mailboxes, kinds)
             env.flush_all()
             # One transaction, rolled back at the end: the per-page commits do nothing here.
-            with patch.object(type(env["ir.cron"]), "_commit_progress", lambda *a, **k: float("inf")):
+            with connector_bench.no_commit_progress(env):
                 seconds, queries, protocols, _per_user = sync_all(env, users, tenant)
                 env.flush_all()
                 imported = env["exchange.binding"].search_count(
@@ -241,7 +191,7 @@ def main():
                         .mapped("res_id")
                     )
                 )
-                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                rss = connector_bench.peak_rss_mib()
                 print(
                     f"calendars: {args.users} users ({args.kinds}), {meetings} meetings "
                     f"({args.series} daily series), {copies} meeting copies in mailboxes, "

@@ -23,47 +23,22 @@ import cProfile
 import os
 import pstats
 import random
-import resource
-import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from unittest.mock import patch
 
-ROOT = Path(__file__).resolve().parent.parent
-STATE = Path(os.environ.get("EXCHANGE_CONNECTOR_HOME", Path.home() / ".local/share/exchange_connector"))
-ODOO_SRC = Path(os.environ.get("ODOO_SRC", "/opt/odoo19"))
-sys.path.insert(0, str(ODOO_SRC))
-sys.path.insert(0, str(ROOT))
+import connector_bench
+from connector_bench import PASSWORD
+
+connector_bench.put_odoo_on_path()
 
 from simulator import Tenant  # noqa: E402
 
-CLIENT_ID = "bench-mail-client"
-CLIENT_SECRET = "bench-mail-secret"
-REDIRECT_URI = "https://odoo.test/exchange_connector/oauth/callback"
-PASSWORD = "Passw0rd!"
 USERS = 3
 SHARED = 0.10
 WITH_ATTACHMENT = 0.20
 REPLIES = 0.05
 THREADS = 50
-
-
-def odoo_registry(db):
-    import odoo  # noqa: F401, PLC0415 - after sys.path is set
-    from odoo.modules.registry import Registry  # noqa: PLC0415
-    from odoo.tools import config  # noqa: PLC0415
-
-    args = [
-        f"--addons-path={ODOO_SRC}/addons,{ODOO_SRC}/odoo/addons,{STATE}/addons",
-        f"--data-dir={STATE}/data",
-        "--log-level=warn",
-    ]
-    for option, variable in (("db_host", "PGHOST"), ("db_port", "PGPORT"), ("db_user", "PGUSER")):
-        if os.environ.get(variable):
-            args.append(f"--{option}={os.environ[variable]}")
-    config.parse_config(args)
-    return Registry(db)
 
 
 def build_mime(number, sender, attachment, reply_to):
@@ -130,51 +105,20 @@ def http_requests(tenant, protocol):
 def make_users(env, tenant, kind):
     from odoo.tests import new_test_user  # noqa: PLC0415
 
-    from services.auth import GraphOAuth  # noqa: PLC0415
-
     users = []
-    ca_pem = Path(tenant.ca_path).read_text(encoding="ascii")
     for number in range(USERS):
         remote = tenant.store.add_mailbox(
             f"bench-{kind}-{number}@contoso.test", f"Bench {number}", password=PASSWORD
         )
-        values = {
-            "exchange_account_type": kind,
-            "exchange_email": remote.email,
-            "exchange_sync_events": False,
-            "exchange_sync_contacts": False,
-        }
-        if kind == "ews":
-            values.update(
-                exchange_ews_url=tenant.ews_url,
-                exchange_ews_username=remote.email,
-                exchange_ews_password=PASSWORD,
-                exchange_ews_auth="ntlm",
-                exchange_verify_tls=True,
-                exchange_ca_bundle=ca_pem,
-            )
+        values = dict(
+            connector_bench.mailbox_values(tenant, kind, remote.email),
+            exchange_sync_events=False,
+            exchange_sync_contacts=False,
+        )
         user = new_test_user(env, login=f"bench.{kind}.{number}", name=f"Bench {kind} {number}", **values)
-        if kind == "graph":
-            oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, tenant.authority, verify=tenant.ca_path)
-            flow = oauth.start_sign_in(REDIRECT_URI, login_hint=remote.email)
-            answer = tenant.browser_sign_in(flow["auth_uri"], remote.email, PASSWORD)
-            user.exchange_token_cache = oauth.finish_sign_in(flow, answer).cache_blob
-        user._exchange_mark_connected(remote.email)
+        connector_bench.connect(user, tenant)
         users.append((user, remote))
     return users
-
-
-def configure_company(env, tenant):
-    params = env["ir.config_parameter"].sudo()
-    for key, value in {
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "authority_host": tenant.base_url,
-        "tenant_id": tenant.tenant_id,
-        "graph_url": tenant.graph_url,
-        "ca_bundle_path": tenant.ca_path,
-    }.items():
-        params.set_param(f"exchange_connector.{key}", value)
 
 
 def bench_backend(env, tenant, kind, args):
@@ -183,7 +127,7 @@ def bench_backend(env, tenant, kind, args):
     from odoo.addons.exchange_connector.models.exchange_mailbox import PendingRun  # noqa: PLC0415
 
     rng = random.Random(8)
-    configure_company(env, tenant)
+    connector_bench.configure_company(env, tenant)
     partners = env["res.partner"].create(
         [
             {"name": f"Customer {number}", "email": f"customer{number}@customer{number % 300}.bench"}
@@ -236,8 +180,8 @@ def bench_backend(env, tenant, kind, args):
     runs = env["exchange.sync.run"]
     counter = Counter()
     tenant.request_log.clear()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    no_commit = patch.object(type(env["ir.cron"]), "_commit_progress", lambda *a, **k: float("inf"))
+    rss_before = connector_bench.peak_rss_mib()
+    no_commit = connector_bench.no_commit_progress(env)
     profiler = cProfile.Profile() if args.profile else None
     started = time.perf_counter()
     with no_commit, counter.counting(Cursor):
@@ -253,7 +197,7 @@ def bench_backend(env, tenant, kind, args):
     import_seconds = time.perf_counter() - started
     if profiler:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_after = connector_bench.peak_rss_mib()
     requests = http_requests(tenant, kind)
     imported = env["exchange.mail"].search_count([("user_id", "in", [u.id for u, _r in users])])
     posted = env["mail.message"].search_count([("exchange_user_ids", "in", [u.id for u, _r in users])])
@@ -293,8 +237,8 @@ def bench_backend(env, tenant, kind, args):
         f"SQL queries per mail:   {counter.queries / delivered:.1f} ({counter.writes / delivered:.1f} writes)"
     )
     print(
-        f"peak RSS: {rss_after / 1024:.0f} MiB "
-        f"(grew {(rss_after - rss_before) / 1024:.0f} MiB during the import)"
+        f"peak RSS: {rss_after:.0f} MiB "
+        f"(grew {rss_after - rss_before:.0f} MiB during the import)"
     )
     print(
         f"re-run without change: {len(rerun_requests)} requests ({len(listings)} listings for "
@@ -319,9 +263,9 @@ def main():
 
     from odoo import SUPERUSER_ID, api  # noqa: PLC0415
 
-    registry = odoo_registry(args.db)
+    registry = connector_bench.open_registry(args.db)
     tenant = Tenant.start()
-    tenant.register_app(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])
+    connector_bench.register_app(tenant)
     try:
         for kind in args.backends.split(","):
             with registry.cursor() as cr:

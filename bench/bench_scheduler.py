@@ -25,14 +25,13 @@ import sys
 import threading
 import time
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+import connector_bench
+from connector_bench import PASSWORD, REPO
+
 sys.path.insert(0, REPO)
 
 from simulator import Tenant  # noqa: E402 - the repo root is put on sys.path just above
 
-CLIENT_ID, CLIENT_SECRET = "bench-scheduler-client", "bench-scheduler-secret"
-REDIRECT_URI = "https://odoo.test/exchange_connector/oauth/callback"
-PASSWORD = "Passw0rd!"
 WRITE = re.compile(rb"^\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 
 
@@ -98,7 +97,7 @@ class Bench:
         self.cursor_class = Cursor
         self.registry = Registry(db)
         self.tenant = Tenant.start(scenario={"knobs": {"budget_per_10min": 10**9}})
-        self.tenant.register_app(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])
+        connector_bench.register_app(self.tenant)
 
     def env(self, cr):
         from odoo import SUPERUSER_ID, api  # noqa: PLC0415
@@ -106,36 +105,18 @@ class Bench:
         return api.Environment(cr, SUPERUSER_ID, {})
 
     def setup_users(self):
-        from odoo.addons.exchange_connector.services.auth import GraphOAuth  # noqa: PLC0415
-
         tenant = self.tenant
         with self.registry.cursor() as cr:
-            env = self.env(cr)
-            for key, value in {
-                "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-                "authority_host": tenant.base_url, "tenant_id": tenant.tenant_id,
-                "graph_url": tenant.graph_url, "ca_bundle_path": tenant.ca_path,
-                "sync_concurrency": self.args.concurrency,
-            }.items():
-                env["ir.config_parameter"].set_param(f"exchange_connector.{key}", value)
-        with open(tenant.ca_path, encoding="ascii") as handle:
-            ca_pem = handle.read()
+            connector_bench.configure_company(self.env(cr), tenant, sync_concurrency=self.args.concurrency)
         values = []
         for number in range(self.args.mailboxes):
             remote = tenant.store.add_mailbox(
                 f"bench{number}@contoso.test", f"Bench {number}", password=PASSWORD)
-            user = {"name": f"Bench {number}", "login": f"bench{number}", "exchange_email": remote.email,
-                    "exchange_sync_interval": 15}
-            if number % 2:
-                oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, tenant.authority, verify=tenant.ca_path)
-                flow = oauth.start_sign_in(REDIRECT_URI, login_hint=remote.email)
-                signed_in = oauth.finish_sign_in(flow, tenant.browser_sign_in(flow["auth_uri"], remote.email,
-                                                                              PASSWORD))
-                user.update(exchange_account_type="graph", exchange_token_cache=signed_in.cache_blob)
-            else:
-                user.update(exchange_account_type="ews", exchange_ews_url=tenant.ews_url,
-                            exchange_ews_username=remote.email, exchange_ews_password=PASSWORD,
-                            exchange_ews_auth="ntlm", exchange_verify_tls=True, exchange_ca_bundle=ca_pem)
+            kind = "graph" if number % 2 else "ews"
+            user = {"name": f"Bench {number}", "login": f"bench{number}", "exchange_sync_interval": 15,
+                    **connector_bench.mailbox_values(tenant, kind, remote.email)}
+            if kind == "graph":
+                user["exchange_token_cache"] = connector_bench.sign_in(tenant, remote.email)
             values.append(user)
         with self.registry.cursor() as cr:
             env = self.env(cr)

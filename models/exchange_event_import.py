@@ -146,17 +146,7 @@ class ExchangeMailbox(models.Model):
         with self._exchange_page():
             released = self.env["exchange.binding"]
             if fewer_back or fewer_ahead:
-                bindings = (
-                    self.env["exchange.binding"]
-                    .sudo()
-                    .search(
-                        [
-                            ("user_id", "=", user.id),
-                            ("kind", "=", "event"),
-                            ("res_model", "=", "calendar.event"),
-                        ]
-                    )
-                )
+                bindings = self._exchange_event_bindings_where(("res_model", "=", "calendar.event"))
                 events = self._exchange_events().browse(bindings.mapped("res_id")).exists()
                 outside = events.filtered(
                     lambda event: (
@@ -169,36 +159,25 @@ class ExchangeMailbox(models.Model):
                 record._count(**counts)
             self.write(days)
 
+    def _exchange_event_bindings_where(self, *terms):
+        """This user's event bindings that match the domain ``terms`` as well."""
+        return (
+            self.env["exchange.binding"]
+            .sudo()
+            .search([("user_id", "=", self.user_id.id), ("kind", "=", "event"), *terms])
+        )
+
     def _exchange_event_bindings(self, remote_ids):
         """``{remote id: exchange.binding}`` of this user's calendar entries among ``remote_ids``."""
         if not remote_ids:
             return {}
-        bindings = (
-            self.env["exchange.binding"]
-            .sudo()
-            .search(
-                [
-                    ("user_id", "=", self.user_id.id),
-                    ("kind", "=", "event"),
-                    ("remote_id", "in", remote_ids),
-                ]
-            )
-        )
+        bindings = self._exchange_event_bindings_where(("remote_id", "in", remote_ids))
         return {binding.remote_id: binding for binding in bindings}
 
     def _exchange_unseen_event_bindings(self, seen, window):
         """This user's bindings of events in ``window`` that a full listing did not show: gone since."""
-        bindings = (
-            self.env["exchange.binding"]
-            .sudo()
-            .search(
-                [
-                    ("user_id", "=", self.user_id.id),
-                    ("kind", "=", "event"),
-                    ("res_model", "=", "calendar.event"),
-                    ("remote_id", "not in", list(seen)),
-                ]
-            )
+        bindings = self._exchange_event_bindings_where(
+            ("res_model", "=", "calendar.event"), ("remote_id", "not in", list(seen))
         )
         if not bindings:
             return bindings

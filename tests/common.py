@@ -1,5 +1,9 @@
 import json
+import sys
+import threading
+import traceback
 import xmlrpc.client
+from unittest.mock import patch
 from urllib.parse import parse_qs, urlsplit
 
 from odoo.tests import new_test_user
@@ -33,6 +37,16 @@ CLIENT_SECRET = "odoo~test~secret"
 DIRECT_REDIRECT_URI = "https://odoo.test/exchange_connector/oauth/callback"
 PASSWORD = "Passw0rd!"
 TOKEN_ENDPOINT = "/{tenant}/oauth2/v2.0/token"
+
+
+def _no_commit_progress(self, processed=0, *, remaining=None, deactivate=False):
+    return float("inf")
+
+
+def no_commit_progress(env):
+    """Patch ``ir.cron._commit_progress`` for a sync run in the test transaction, which cannot commit:
+    it commits nothing and reports unlimited time left."""
+    return patch.object(type(env["ir.cron"]), "_commit_progress", _no_commit_progress)
 
 
 class ExchangeTenantMixin:
@@ -109,6 +123,14 @@ class ExchangeTenantMixin:
         return user, remote
 
     @classmethod
+    def connected_user(cls, kind, name, env=None, **values):
+        """A Graph or EWS user (``kind``) of the tenant whose connection is recorded: syncing may start."""
+        maker = cls.graph_user if kind == "graph" else cls.ews_user
+        user, remote = maker(env or cls.env, name, **values)
+        user._exchange_mark_connected(remote.email)
+        return user, remote
+
+    @classmethod
     def sign_in(cls, email, password=PASSWORD):
         """Run the real authorization-code flow against the tenant; return msal's token cache blob."""
         oauth = GraphOAuth(CLIENT_ID, CLIENT_SECRET, cls.tenant.authority, verify=cls.tenant.ca_path)
@@ -145,6 +167,72 @@ class ExchangeTenantMixin:
         except AuthenticationError as error:
             return error
         raise AssertionError(f"{user.login} signed in")
+
+
+class ConfiguredTenantMixin(ExchangeTenantMixin):
+    """The tenant of the test class with the company pointed at it; every test starts with the
+    tenant's default knobs and an empty request log."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.start_tenant(cls.env)
+
+    def setUp(self):
+        super().setUp()
+        self.tenant.knobs.reset()
+        self.tenant.request_log.clear()
+
+
+class WorkerThreadsMixin:
+    """Code run in threads of their own, as cron workers run it, with what they raise re-raised."""
+
+    def in_thread(self, target, name):
+        """Run ``target`` in a thread; return a function that joins it and re-raises what it raised."""
+        errors = []
+
+        def run():
+            try:
+                target()
+            except BaseException as error:  # noqa: BLE001 - re-raised in the test thread
+                errors.append(error)
+
+        thread = threading.Thread(target=run, name=name)
+        thread.start()
+
+        def join():
+            thread.join(timeout=90)
+            if thread.is_alive():
+                self.fail("the worker hung in:\n" + "".join(
+                    traceback.format_stack(sys._current_frames()[thread.ident])))
+            if errors:
+                raise errors[0]
+
+        return join
+
+    def run_side_by_side(self, first, second, first_inside, second_done, names=("first", "second")):
+        """Two workers at once: ``second`` starts once ``first_inside`` is set (by ``first`` where it
+        then waits for ``second_done``, or when ``first`` ends) and sets ``second_done`` when it ends."""
+
+        def run_first():
+            try:
+                first()
+            finally:
+                first_inside.set()
+
+        def run_second():
+            first_inside.wait(timeout=60)
+            try:
+                second()
+            finally:
+                second_done.set()
+
+        join_first = self.in_thread(run_first, names[0])
+        join_second = self.in_thread(run_second, names[1])
+        try:
+            join_first()
+        finally:
+            join_second()
 
 
 class ExternalApiMixin:

@@ -6,24 +6,14 @@ from odoo.tests import TransactionCase, new_test_user, tagged
 
 from odoo.addons.exchange_connector.services import RemoteMailbox
 
-from .common import PASSWORD, ExchangeTenantMixin
+from .common import PASSWORD, ConfiguredTenantMixin
 
 MIME = (b"From: Sender <sender@example.org>\r\nTo: {to}\r\nSubject: {subject}\r\n"
         b"Message-ID: <{subject}@example.org>\r\nDate: Mon, 02 Nov 2026 10:00:00 +0000\r\n\r\nHello\r\n")
 
 
 @tagged("post_install", "-at_install")
-class TestBackendSeam(ExchangeTenantMixin, TransactionCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.start_tenant(cls.env)
-
-    def setUp(self):
-        super().setUp()
-        self.tenant.knobs.reset()
-        self.tenant.request_log.clear()
-
+class TestBackendSeam(ConfiguredTenantMixin, TransactionCase):
     def test_ews_backend_trusts_the_users_own_ca_and_connects_the_mailbox(self):
         user, remote = self.ews_user(self.env, "erika")
         with user._exchange_backend() as backend:

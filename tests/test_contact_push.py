@@ -13,8 +13,7 @@ from odoo.addons.exchange_connector.services.ews import EwsBackend
 from odoo.addons.exchange_connector.services.graph import GraphBackend
 from odoo.addons.exchange_connector.simulator.store import parse_extended_property_id
 
-from .common import ExchangeTenantMixin
-from .test_scheduler import _no_commit_progress
+from .common import ExchangeTenantMixin, no_commit_progress
 
 MARKER_KEY = parse_extended_property_id(MARKER_GRAPH_ID)
 WRITE_OPERATIONS = {"CreateItem", "UpdateItem", "DeleteItem"}
@@ -39,12 +38,7 @@ class ContactPushMixin(ExchangeTenantMixin):
 
     def make_user(self, **values):
         name = f"{self.account_type}{next(self._names)}"
-        if self.account_type == "graph":
-            user, remote = self.graph_user(self.env, name, **values)
-        else:
-            user, remote = self.ews_user(self.env, name, **values)
-        user._exchange_mark_connected(remote.email)
-        return user, remote
+        return self.connected_user(self.account_type, name, env=self.env, **values)
 
     def setUp(self):
         super().setUp()
@@ -61,8 +55,7 @@ class ContactPushMixin(ExchangeTenantMixin):
         """One contact sync of ``user`` through the seam ("Sync now" by default); returns the run."""
         user = user or self.user
         run = PendingRun(self.env["exchange.sync.run"], user, "contacts", trigger)
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress), \
-                user._exchange_backend() as backend:
+        with no_commit_progress(self.env), user._exchange_backend() as backend:
             error = user._exchange_mailbox()._exchange_sync_kind("contacts", backend, run)
         self.assertIsNone(error)
         return run.record
@@ -252,7 +245,7 @@ class ContactPushMixin(ExchangeTenantMixin):
             return done + [ContactResult.not_applied(change, stop) for change in changes[1:]]
 
         run = PendingRun(self.env["exchange.sync.run"], self.user, "contacts", "manual")
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress), \
+        with no_commit_progress(self.env), \
                 patch.object(self.backend_class, "push_contacts", budget_ends_after_one), \
                 self.user._exchange_backend() as backend:
             error = self.user._exchange_mailbox()._exchange_sync_kind("contacts", backend, run)

@@ -15,34 +15,24 @@ from odoo.tools import mute_logger
 from odoo.addons.exchange_connector.services.event_mapping import series_uid
 from odoo.addons.exchange_connector.simulator.scenario import add_meeting, add_scenario_event
 
-from .common import ExchangeTenantMixin
+from .common import ConfiguredTenantMixin, ExchangeTenantMixin, WorkerThreadsMixin, no_commit_progress
 
 UTC = timezone.utc
 KINDS = ("graph", "ews")
 _numbers = itertools.count(1)
 
 
-def _no_commit_progress(self, processed=0, *, remaining=None, deactivate=False):
-    return float("inf")
-
-
 class EventImportMixin(ExchangeTenantMixin):
     """Users linked to mailboxes of the local tenant, synced event by event in the test transaction."""
 
     def mailbox_user(self, kind, name, **values):
-        name = f"{name}{next(_numbers)}"
         values = dict({"exchange_sync_mails": False, "exchange_sync_contacts": False}, **values)
-        if kind == "graph":
-            user, remote = self.graph_user(self.env, name, **values)
-        else:
-            user, remote = self.ews_user(self.env, name, **values)
-        user._exchange_mark_connected(remote.email)
-        return user, remote
+        return self.connected_user(kind, f"{name}{next(_numbers)}", env=self.env, **values)
 
     def sync(self, *users):
         """Sync the calendars of ``users`` (in this order); return their runs."""
         runs = self.env["exchange.sync.run"]
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress):
+        with no_commit_progress(self.env):
             for user in users:
                 run = runs._start(user, "events", "manual")
                 with user._exchange_backend() as backend:
@@ -67,6 +57,13 @@ class EventImportMixin(ExchangeTenantMixin):
                     stack.enter_context(patch.object(cls, method, spy))
             yield
         self.assertFalse(calls, "a sync without changes wrote nothing")
+
+    def meeting(self, organizer, attendee, subject, start, **values):
+        """A meeting ``organizer`` sent to ``attendee`` (tenant mailboxes), who accepted: its
+        calendar items, the organizer's first."""
+        spec = {"organizer": organizer.email, "subject": subject, "start": start,
+                "attendees": [{"address": attendee.email, "response": "accepted"}]}
+        return add_meeting(self.tenant.store, dict(spec, **values))
 
     def events_of(self, ical_uid):
         return (
@@ -95,15 +92,9 @@ class EventImportMixin(ExchangeTenantMixin):
 
 
 @tagged("post_install", "-at_install")
-class TestEventImport(EventImportMixin, TransactionCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.start_tenant(cls.env)
-
+class TestEventImport(EventImportMixin, ConfiguredTenantMixin, TransactionCase):
     def setUp(self):
         super().setUp()
-        self.tenant.knobs.reset()
         self.mails_before = self.env["mail.mail"].sudo().search_count([])
         self.notifications_before = self.env["mail.notification"].sudo().search_count([])
 
@@ -355,15 +346,9 @@ class TestEventImport(EventImportMixin, TransactionCase):
             with self.subTest(kind=kind):
                 user, remote = self.mailbox_user(kind, "changes")
                 colleague, colleague_remote = self.mailbox_user(kind, "changes")
-                items = add_meeting(
-                    self.tenant.store,
-                    {
-                        "organizer": colleague_remote.email,
-                        "subject": "Budget",
-                        "body_html": "<div><p>Numbers<br>and <b>plans</b></p></div>",
-                        "start": self.at(6, 14),
-                        "attendees": [{"address": remote.email, "response": "accepted"}],
-                    },
+                items = self.meeting(
+                    colleague_remote, remote, "Budget", self.at(6, 14),
+                    body_html="<div><p>Numbers<br>and <b>plans</b></p></div>",
                 )
                 self.sync(user, colleague)
                 event = self.events_of(items[0].ical_uid)
@@ -388,15 +373,7 @@ class TestEventImport(EventImportMixin, TransactionCase):
             with self.subTest(kind=kind):
                 user, remote = self.mailbox_user(kind, "remove")
                 colleague, colleague_remote = self.mailbox_user(kind, "remove")
-                items = add_meeting(
-                    self.tenant.store,
-                    {
-                        "organizer": colleague_remote.email,
-                        "subject": "Lunch",
-                        "start": self.at(8, 12),
-                        "attendees": [{"address": remote.email, "response": "accepted"}],
-                    },
-                )
+                items = self.meeting(colleague_remote, remote, "Lunch", self.at(8, 12))
                 self.sync(user, colleague)
                 event = self.events_of(items[0].ical_uid)
                 self.assertEqual(event.partner_ids, user.partner_id | colleague.partner_id)
@@ -466,15 +443,7 @@ class TestEventImport(EventImportMixin, TransactionCase):
                 near = add_scenario_event(remote, {"subject": "Near", "start": self.at(5, 9)})
                 past = add_scenario_event(remote, {"subject": "Past", "start": self.at(-20, 9)})
                 far = add_scenario_event(remote, {"subject": "Far", "start": self.at(40, 9)})
-                shared = add_meeting(
-                    self.tenant.store,
-                    {
-                        "organizer": colleague_remote.email,
-                        "subject": "Board",
-                        "start": self.at(45, 9),
-                        "attendees": [{"address": remote.email, "response": "accepted"}],
-                    },
-                )
+                shared = self.meeting(colleague_remote, remote, "Board", self.at(45, 9))
                 self.tenant.request_log.clear()
                 self.sync(user)
                 listing = self.tenant.request_log.count(protocol=kind, mailbox=remote.email)
@@ -589,16 +558,7 @@ class TestEventImport(EventImportMixin, TransactionCase):
     def test_changing_the_private_setting_reimports_private_meetings(self):
         user, remote = self.mailbox_user("ews", "switch")
         colleague, colleague_remote = self.mailbox_user("graph", "switch")
-        items = add_meeting(
-            self.tenant.store,
-            {
-                "organizer": colleague_remote.email,
-                "subject": "Interview",
-                "start": self.at(3, 10),
-                "sensitivity": "private",
-                "attendees": [{"address": remote.email, "response": "accepted"}],
-            },
-        )
+        items = self.meeting(colleague_remote, remote, "Interview", self.at(3, 10), sensitivity="private")
         self.sync(user, colleague)
         shared = self.events_of(items[0].ical_uid)
         self.assertEqual(shared.partner_ids, user.partner_id | colleague.partner_id)
@@ -617,7 +577,7 @@ class TestEventImport(EventImportMixin, TransactionCase):
 
 
 @tagged("post_install", "-at_install")
-class TestEventImportConcurrency(EventImportMixin, TransactionCase):
+class TestEventImportConcurrency(EventImportMixin, WorkerThreadsMixin, TransactionCase):
     """Two workers importing the same new meeting for two users, each in its committed transaction."""
 
     @classmethod
@@ -628,10 +588,10 @@ class TestEventImportConcurrency(EventImportMixin, TransactionCase):
     def committed_ews_user(self, name):
         with self.registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})
-            user, remote = self.ews_user(
-                env, f"{name}{next(_numbers)}", exchange_sync_mails=False, exchange_sync_contacts=False
+            user, remote = self.connected_user(
+                "ews", f"{name}{next(_numbers)}", env=env,
+                exchange_sync_mails=False, exchange_sync_contacts=False,
             )
-            user._exchange_mark_connected(remote.email)
             user_id = user.id
         self.addCleanup(self.remove_committed_user, user_id)
         return user_id, remote
@@ -661,15 +621,7 @@ class TestEventImportConcurrency(EventImportMixin, TransactionCase):
     def test_a_meeting_imported_meanwhile_by_another_worker_is_joined(self):
         anna_id, anna = self.committed_ews_user("race")
         marco_id, marco = self.committed_ews_user("race")
-        uid = add_meeting(
-            self.tenant.store,
-            {
-                "organizer": anna.email,
-                "subject": "Race",
-                "start": self.at(2, 10),
-                "attendees": [{"address": marco.email, "response": "accepted"}],
-            },
-        )[0].ical_uid
+        uid = self.meeting(anna, marco, "Race", self.at(2, 10))[0].ical_uid
         # Marco's worker reads what exists, then Anna's imports and commits the meeting meanwhile.
         marco_looked, anna_done = threading.Event(), threading.Event()
         page_cache = type(self.env["exchange.mailbox"])._exchange_event_page_cache
@@ -681,39 +633,15 @@ class TestEventImportConcurrency(EventImportMixin, TransactionCase):
                 anna_done.wait(timeout=60)
             return cache
 
-        errors = []
-
-        def work(user_id, before=None, after=None):
-            try:
-                if before:
-                    before()
-                self.worker_sync(user_id)
-            except Exception as error:  # noqa: BLE001 - re-raised in the test thread
-                errors.append(error)
-            finally:
-                if after:
-                    after()
-
-        workers = [
-            threading.Thread(target=work, name="marco", args=(marco_id,), kwargs={"after": marco_looked.set}),
-            threading.Thread(
-                target=work,
-                name="anna",
-                args=(anna_id,),
-                kwargs={"before": lambda: marco_looked.wait(timeout=60), "after": anna_done.set},
-            ),
-        ]
         Mailbox = type(self.env["exchange.mailbox"])
         with (
             patch.object(Mailbox, "_exchange_event_page_cache", page_cache_then_wait),
             mute_logger("odoo.sql_db"),  # the refused INSERT is the point of the test
         ):
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join(timeout=90)
-        self.assertFalse([worker for worker in workers if worker.is_alive()], "a worker hung")
-        self.assertFalse(errors)
+            self.run_side_by_side(
+                lambda: self.worker_sync(marco_id), lambda: self.worker_sync(anna_id),
+                marco_looked, anna_done, names=("marco", "anna"),
+            )
 
         with self.registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})

@@ -1,15 +1,15 @@
 from odoo.exceptions import UserError
 from odoo.tests import TransactionCase, new_test_user, tagged
 
+from .common import ConfiguredTenantMixin
 from .test_mail_import import MailImportMixin, mime
 
 
 @tagged("post_install", "-at_install")
-class TestMailAssignment(MailImportMixin, TransactionCase):
+class TestMailAssignment(MailImportMixin, ConfiguredTenantMixin, TransactionCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.start_tenant(cls.env)
         Partner = cls.env["res.partner"]
         cls.acme = Partner.create({"name": "Acme", "is_company": True})
         cls.salesman = new_test_user(cls.env, login="salesman.test", name="Salesman")

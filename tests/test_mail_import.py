@@ -9,16 +9,12 @@ from odoo.tools import mute_logger
 from odoo.addons.exchange_connector.models.exchange_mailbox import PendingRun
 from odoo.addons.mail.tools.discuss import Store
 
-from .common import ExchangeTenantMixin
+from .common import ConfiguredTenantMixin, ExchangeTenantMixin, no_commit_progress
 
 IMPORT_LOGGER = "odoo.addons.exchange_connector.models.exchange_mail_import"
 ADDON = Path(__file__).resolve().parent.parent
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
-
-
-def _no_commit_progress(self, processed=0, *, remaining=None, deactivate=False):
-    return float("inf")
 
 
 def mime(subject, sender, to, message_id=None, cc=None, in_reply_to=None,
@@ -62,13 +58,6 @@ def mime_with_image_and_attachment(subject, sender, to, message_id):
 
 
 class MailImportMixin(ExchangeTenantMixin):
-    @classmethod
-    def connected_user(cls, kind, name, **values):
-        maker = cls.graph_user if kind == "graph" else cls.ews_user
-        user, remote = maker(cls.env, name, **values)
-        user._exchange_mark_connected(remote.email)
-        return user, remote
-
     @staticmethod
     def drop(remote, source, folder="Inbox/Transfer In"):
         return remote.add_message(remote.ensure_folder_path(folder).id, source)
@@ -77,8 +66,7 @@ class MailImportMixin(ExchangeTenantMixin):
         """One mail sync of ``user`` through the seam, as the scheduler runs it (commits are no-ops here)."""
         mailbox = user._exchange_mailbox()
         run = PendingRun(self.env["exchange.sync.run"], user, "mails", "manual")
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress), \
-                user._exchange_backend() as backend:
+        with no_commit_progress(self.env), user._exchange_backend() as backend:
             mailbox._sync_mails(backend, run)
         self.env.invalidate_all()
         return run.record  # empty when the run found nothing new
@@ -99,11 +87,10 @@ class MailImportMixin(ExchangeTenantMixin):
 
 
 @tagged("post_install", "-at_install")
-class TestMailImport(MailImportMixin, TransactionCase):
+class TestMailImport(MailImportMixin, ConfiguredTenantMixin, TransactionCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.start_tenant(cls.env)
         Partner = cls.env["res.partner"]
         cls.customer = Partner.create(
             {"name": "Customer Co", "is_company": True, "email": "info@customer.test"})
@@ -113,11 +100,6 @@ class TestMailImport(MailImportMixin, TransactionCase):
         cls.ruth = Partner.create({"name": "Ruth", "email": "ruth@other.test"})
         cls.colleague = new_test_user(cls.env, login="colleague.test", name="Colleague",
                                       email="colleague@ourcompany.test")
-
-    def setUp(self):
-        super().setUp()
-        self.tenant.knobs.reset()
-        self.tenant.request_log.clear()
 
     def check_routing(self, kind):
         user, remote = self.connected_user(kind, f"route{kind}")

@@ -1,31 +1,16 @@
 from datetime import timedelta
-from unittest.mock import patch
 
 from odoo import fields
 from odoo.tests import TransactionCase, tagged
 
-from .test_scheduler import SchedulerMixin, _no_commit_progress
+from .common import ConfiguredTenantMixin
+from .test_scheduler import SchedulerMixin
 
 
 # Not a standard test: it needs OCA queue_job installed in the database. ./dev/test runs it in a
 # database of its own with queue_job (see dev/test, "queue_job mode").
 @tagged("-standard", "exchange_queue_job", "post_install", "-at_install")
-class TestQueueJobMode(SchedulerMixin, TransactionCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.start_tenant(cls.env)
-        cls.Mailbox = cls.env["exchange.mailbox"]
-
-    def setUp(self):
-        super().setUp()
-        self.tenant.knobs.reset()
-        self.tenant.request_log.clear()
-
-    def run_cron(self):
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress):
-            self.Mailbox._cron_sync()
-
+class TestQueueJobMode(SchedulerMixin, ConfiguredTenantMixin, TransactionCase):
     def jobs_of(self, mailboxes):
         keys = [f"exchange_connector.sync.{mailbox.id}" for mailbox in mailboxes]
         return self.env["queue.job"].search([("identity_key", "in", keys)], order="id")

@@ -1,6 +1,4 @@
-import sys
 import threading
-import traceback
 from datetime import timedelta
 from unittest.mock import patch
 
@@ -13,21 +11,17 @@ from odoo.tools import mute_logger
 from odoo.addons.exchange_connector.services import ExchangeError, RunBudget, TimeBudgetExceeded
 from odoo.addons.exchange_connector.services.ews import EwsBackend
 
-from .common import ExchangeTenantMixin
+from .common import ConfiguredTenantMixin, ExchangeTenantMixin, WorkerThreadsMixin, no_commit_progress
 from .test_backend_seam import MIME
 
 MAILBOX_LOGGER = "odoo.addons.exchange_connector.models.exchange_mailbox"
-
-
-def _no_commit_progress(self, processed=0, *, remaining=None, deactivate=False):
-    return float("inf")
 
 
 class WorkerKilled(BaseException):
     """What a worker killed at limit_time_real looks like to the code it was running: nothing catches it."""
 
 
-class SchedulerMixin(ExchangeTenantMixin):
+class SchedulerMixin(WorkerThreadsMixin, ExchangeTenantMixin):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -35,6 +29,8 @@ class SchedulerMixin(ExchangeTenantMixin):
         # test_scheduler_scale.py (threads only see committed rows).
         cls.startClassPatcher(patch.object(
             type(cls.env["exchange.mailbox"]), "_exchange_sync_concurrency", return_value=1))
+        cls.Mailbox = cls.env["exchange.mailbox"]
+        cls.Run = cls.env["exchange.sync.run"]
 
     @classmethod
     def add_mails(cls, remote, count, folder_path="Inbox/Transfer In"):
@@ -46,8 +42,8 @@ class SchedulerMixin(ExchangeTenantMixin):
 
     @classmethod
     def connected_ews_user(cls, env, name, due_in=timedelta(0), **values):
-        user, remote = cls.ews_user(env, name, **values)
-        mailbox = user._exchange_mark_connected(remote.email)
+        user, remote = cls.connected_user("ews", name, env=env, **values)
+        mailbox = user._exchange_mailbox()
         mailbox.next_sync = fields.Datetime.now() + due_in
         return user, remote, mailbox
 
@@ -90,7 +86,7 @@ class SchedulerMixin(ExchangeTenantMixin):
 
     def run_cron(self, budget=None):
         """``_cron_sync`` in the test transaction, which cannot commit (TestSchedulerConcurrency commits)."""
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress):
+        with no_commit_progress(self.env):
             self.env["exchange.mailbox"]._cron_sync(budget=budget)
 
     def run_worker(self):
@@ -101,44 +97,9 @@ class SchedulerMixin(ExchangeTenantMixin):
             cr.transaction = Transaction(self.registry)
             api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"]._cron_sync()
 
-    def in_thread(self, target, name):
-        """Run ``target`` in a thread; return a function that joins it and re-raises what it raised."""
-        errors = []
-
-        def run():
-            try:
-                target()
-            except BaseException as error:  # noqa: BLE001 - re-raised in the test thread
-                errors.append(error)
-
-        thread = threading.Thread(target=run, name=name)
-        thread.start()
-
-        def join():
-            thread.join(timeout=90)
-            if thread.is_alive():
-                self.fail("the worker hung in:\n" + "".join(
-                    traceback.format_stack(sys._current_frames()[thread.ident])))
-            if errors:
-                raise errors[0]
-
-        return join
-
 
 @tagged("post_install", "-at_install")
-class TestScheduler(SchedulerMixin, TransactionCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.start_tenant(cls.env)
-        cls.Mailbox = cls.env["exchange.mailbox"]
-        cls.Run = cls.env["exchange.sync.run"]
-
-    def setUp(self):
-        super().setUp()
-        self.tenant.knobs.reset()
-        self.tenant.request_log.clear()
-
+class TestScheduler(SchedulerMixin, ConfiguredTenantMixin, TransactionCase):
     def runs_of(self, user, kind=None):
         domain = [("user_id", "=", user.id)] + ([("kind", "=", kind)] if kind else [])
         return self.Run.search(domain, order="id")
@@ -476,7 +437,6 @@ class TestSchedulerConcurrency(SchedulerMixin, TransactionCase):
         # and sync the others; "first" then finds those no longer due.
         first_inside, second_done = threading.Event(), threading.Event()
         synced = {"first": [], "second": []}
-        errors = []
         import_page = type(self.env["exchange.mailbox"])._import_message_page
 
         def import_page_observed(mailbox, folder_kind, page, run):
@@ -488,32 +448,8 @@ class TestSchedulerConcurrency(SchedulerMixin, TransactionCase):
                 first_inside.set()
                 second_done.wait(timeout=60)
 
-        def work(before=None, after=None):
-            try:
-                if before:
-                    before()
-                self.run_worker()
-            except Exception as error:  # noqa: BLE001 - re-raised in the test thread
-                errors.append(error)
-            finally:
-                if after:
-                    after()
-
-        workers = [
-            threading.Thread(target=work, name="first", kwargs={"after": first_inside.set}),
-            threading.Thread(target=work, name="second",
-                             kwargs={"before": lambda: first_inside.wait(timeout=60),
-                                     "after": second_done.set}),
-        ]
         with patch.object(type(self.env["exchange.mailbox"]), "_import_message_page", import_page_observed):
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join(timeout=90)
-        hung = [worker for worker in workers if worker.is_alive()]
-        self.assertFalse(hung, "a worker hung in:\n" + "".join(
-            "".join(traceback.format_stack(sys._current_frames()[worker.ident])) for worker in hung))
-        self.assertFalse(errors)
+            self.run_side_by_side(self.run_worker, self.run_worker, first_inside, second_done)
 
         with self.registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})

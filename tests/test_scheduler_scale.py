@@ -9,7 +9,8 @@ from odoo.tests import TransactionCase, tagged
 
 from odoo.addons.exchange_connector.services import RunBudget
 
-from .test_scheduler import SchedulerMixin, _no_commit_progress
+from .common import ConfiguredTenantMixin
+from .test_scheduler import SchedulerMixin
 
 WRITE = re.compile(r"^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(\w+)", re.IGNORECASE)
 
@@ -43,23 +44,8 @@ class SqlWrites:
 
 
 @tagged("post_install", "-at_install")
-class TestNoChangeSync(SchedulerMixin, TransactionCase):
+class TestNoChangeSync(SchedulerMixin, ConfiguredTenantMixin, TransactionCase):
     """A sync that finds nothing: one request per folder or calendar, one UPDATE, no log row."""
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.start_tenant(cls.env)
-        cls.Mailbox = cls.env["exchange.mailbox"]
-        cls.Run = cls.env["exchange.sync.run"]
-
-    def setUp(self):
-        super().setUp()
-        self.tenant.knobs.reset()
-
-    def run_cron(self, budget=None):
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress):
-            self.Mailbox._cron_sync(budget=budget)
 
     def synced_once_then_due(self, user):
         """Sync ``user``'s mailbox a first time (folders, states), then make it due again."""

@@ -59,6 +59,12 @@ def transfer_folder(mailbox, name="Transfer In"):
     return mailbox.create_folder(mailbox.folder("inbox").id, name)
 
 
+def seed_transfer_in(backend, mailbox, count):
+    """``count`` mails in a new "Inbox/Transfer In": their Message-IDs, and the backend's folder."""
+    seeded = add_mails(mailbox, transfer_folder(mailbox).id, count)
+    return seeded, backend.find_folder("Inbox/Transfer In")
+
+
 def drain(backend, folder, state=None):
     """Run a listing to its end; returns (pages, {internet_message_id: message}, removed ids)."""
     pages = list(backend.sync_messages(folder, state))
@@ -128,9 +134,7 @@ def test_full_then_incremental_listing(make_backend, mailbox):
 
 def test_resume_from_a_middle_page(make_backend, mailbox):
     backend = make_backend(mailbox, page_size=10)
-    store_folder = transfer_folder(mailbox)
-    seeded = add_mails(mailbox, store_folder.id, 25)
-    folder = backend.find_folder("Inbox/Transfer In")
+    seeded, folder = seed_transfer_in(backend, mailbox, 25)
     listing = backend.sync_messages(folder, None)
     first_page = next(listing)
     listing.close()
@@ -156,9 +160,7 @@ def test_expired_state_restarts_without_loss(make_backend, mailbox, tenant):
 
 def test_mime_move_and_delete(make_backend, mailbox):
     backend = make_backend(mailbox)
-    store_folder = transfer_folder(mailbox)
-    seeded = add_mails(mailbox, store_folder.id, 3)
-    folder = backend.find_folder("Inbox/Transfer In")
+    seeded, folder = seed_transfer_in(backend, mailbox, 3)
     _pages, messages, _removed = drain(backend, folder)
 
     mime = backend.get_mime(messages[seeded[0]].id)
@@ -223,9 +225,7 @@ def test_get_mimes_in_bulk_with_a_missing_one(make_backend, mailbox, tenant, kin
 
 def test_get_mimes_under_throttling_loses_nothing(make_backend, mailbox, tenant, kind):
     backend = make_backend(mailbox)
-    store_folder = transfer_folder(mailbox)
-    seeded = add_mails(mailbox, store_folder.id, 30)
-    folder = backend.find_folder("Inbox/Transfer In")
+    seeded, folder = seed_transfer_in(backend, mailbox, 30)
     _pages, messages, _removed = drain(backend, folder)
     tenant.knobs.set(mailbox.email, throttle_rate=0.3, retry_after_seconds=1, seed=1)
     tenant.request_log.clear()
@@ -434,9 +434,7 @@ def test_contact_bulk_create_update_delete(make_backend, mailbox, tenant, kind):
 
 def test_throttling_storm_completes_without_loss(make_backend, mailbox, tenant, kind):
     backend = make_backend(mailbox, page_size=10)
-    store_folder = transfer_folder(mailbox)
-    seeded = add_mails(mailbox, store_folder.id, 20)
-    folder = backend.find_folder("Inbox/Transfer In")
+    seeded, folder = seed_transfer_in(backend, mailbox, 20)
     contact_folder = backend.ensure_contact_folder("Odoo")
     tenant.knobs.set(mailbox.email, throttle_rate=0.3, retry_after_seconds=1, seed=4)
     tenant.request_log.clear()
@@ -488,9 +486,7 @@ def test_time_budget_stops_between_pages_and_resumes(make_backend, mailbox):
     now = [0.0]
     budget = RunBudget(60, clock=lambda: now[0])
     backend = make_backend(mailbox, page_size=10, budget=budget)
-    store_folder = transfer_folder(mailbox)
-    seeded = add_mails(mailbox, store_folder.id, 25)
-    folder = backend.find_folder("Inbox/Transfer In")
+    seeded, folder = seed_transfer_in(backend, mailbox, 25)
     saved, seen = None, set()
     with pytest.raises(TimeBudgetExceeded):
         for page in backend.sync_messages(folder, saved):
