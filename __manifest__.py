@@ -20,6 +20,10 @@
         "views/res_users_views.xml",
         "views/res_config_settings_views.xml",
         "views/exchange_menus.xml",
+        "security/exchange_mail_security.xml",
+        "views/exchange_mail_views.xml",
+        "views/res_config_settings_mail_views.xml",
+        "wizard/exchange_assign_partner_views.xml",
         "views/calendar_event_views.xml",
         "views/exchange_contact_views.xml",
     ],
@@ -27,6 +31,7 @@
         "web.assets_backend": [
             "exchange_connector/static/src/discuss/*",
             "exchange_connector/static/src/contacts/*",
+            "exchange_connector/static/src/mail_import/*",
         ],
         "web.assets_tests": [
             "exchange_connector/static/tests/tours/*.js",

@@ -51,6 +51,10 @@ class ResConfigSettings(models.TransientModel):
              "Microsoft request budget.")
     exchange_event_create_partners = fields.Boolean(
         related="company_id.exchange_event_create_partners", readonly=False)
+    exchange_unknown_address = fields.Selection(
+        related="company_id.exchange_unknown_address", readonly=False)
+    exchange_attachment_limit_mb = fields.Integer(
+        related="company_id.exchange_attachment_limit_mb", readonly=False)
     exchange_sync_concurrency = fields.Integer(
         "Mailboxes synced at once", config_parameter="exchange_connector.sync_concurrency",
         default=DEFAULT_SYNC_CONCURRENCY,

@@ -16,11 +16,20 @@ import abc
 import json
 from dataclasses import dataclass, field
 from datetime import timezone
-from typing import Generic, Iterator, List, Optional, TypeVar
+from typing import Dict, Generic, Iterator, List, Optional, TypeVar, Union
 
-from .errors import FolderNotFound
+from .errors import (
+    AuthenticationError,
+    ConnectionProblem,
+    ExchangeError,
+    FolderNotFound,
+    ThrottledError,
+    TimeBudgetExceeded,
+)
 
 T = TypeVar("T")
+#: Errors about the whole mailbox or run, never about one item: bulk calls raise them.
+MAILBOX_WIDE_ERRORS = (AuthenticationError, ConnectionProblem, ThrottledError, TimeBudgetExceeded)
 
 
 @dataclass(frozen=True)
@@ -327,6 +336,23 @@ class MailboxBackend(abc.ABC):
     def get_mime(self, message_id: str) -> bytes:
         """Return the message's RFC 5322 source."""
 
+    def get_mimes(self, message_ids: List[str]) -> Dict[str, Union[bytes, ExchangeError]]:
+        """Return ``{id: MIME source}`` for many messages, in as few requests as the protocol allows.
+
+        A message that cannot be fetched (gone meanwhile, refused) maps to its
+        :class:`~services.errors.ExchangeError` (``ItemNotFound`` when gone) instead of
+        failing the others; errors that concern the whole mailbox are raised as usual.
+        """
+        result = {}
+        for message_id in dict.fromkeys(message_ids):
+            try:
+                result[message_id] = self.get_mime(message_id)
+            except ExchangeError as error:
+                if isinstance(error, MAILBOX_WIDE_ERRORS):
+                    raise
+                result[message_id] = error
+        return result
+
     @abc.abstractmethod
     def move_message(self, message_id: str, dest: RemoteFolder) -> str:
         """Move a message to ``dest`` and return its id there."""
@@ -334,6 +360,25 @@ class MailboxBackend(abc.ABC):
     @abc.abstractmethod
     def delete_message(self, message_id: str, hard: bool = False) -> None:
         """Delete a message: to Deleted Items, or for good when ``hard``; a missing message is no error."""
+
+    def delete_messages(
+        self, message_ids: List[str], hard: bool = False
+    ) -> Dict[str, Optional[ExchangeError]]:
+        """Delete many messages in as few requests as the protocol allows: ``{id: None | error}``.
+
+        A message already gone counts as deleted (None); errors that concern the whole mailbox
+        are raised as usual.
+        """
+        result = {}
+        for message_id in dict.fromkeys(message_ids):
+            try:
+                self.delete_message(message_id, hard=hard)
+                result[message_id] = None
+            except ExchangeError as error:
+                if isinstance(error, MAILBOX_WIDE_ERRORS):
+                    raise
+                result[message_id] = error
+        return result
 
     @abc.abstractmethod
     def sync_events(self, window_start, window_end, state: Optional[str]) -> Iterator[SyncPage]:

@@ -132,6 +132,8 @@ EVENT_FIELDS = [
 ]
 #: Exchange refuses a SyncFolderItems MaxChangesReturned above 512.
 MAX_SYNC_CHANGES = 512
+#: Messages per GetItem for their MIME: few HTTP requests, yet a bounded answer to hold in memory.
+MIME_BATCH = 50
 #: Contacts per CreateItem/UpdateItem/DeleteItem request.
 CONTACT_CHUNK = 100
 #: Calendar windows are listed in sub-windows of this size (each one CalendarView request).
@@ -874,6 +876,36 @@ class EwsBackend(MailboxBackend):
             raise _translate(result[0])
         return bytes(result[0].mime_content or b"")
 
+    def get_mimes(self, message_ids):
+        """Return ``{id: MIME bytes | ExchangeError}``: one GetItem (MimeContent) per ``MIME_BATCH`` ids."""
+        ids = list(dict.fromkeys(message_ids))
+        results = {}
+        if not ids:
+            return results
+        folder = self._folder()
+        account = self.account
+        for start in range(0, len(ids), MIME_BATCH):
+            self._check_budget()
+            chunk = ids[start : start + MIME_BATCH]
+            fetched = self._call(
+                lambda chunk=chunk: list(
+                    account.fetch(
+                        [(item_id, None) for item_id in chunk],
+                        folder=folder,
+                        only_fields=["mime_content"],
+                        chunk_size=len(chunk),
+                    )
+                ),
+                "EWS GetItem mime",
+            )
+            # GetItem answers in the order of the ids asked for, errors in place.
+            for item_id, item in zip(chunk, fetched, strict=False):
+                if isinstance(item, Exception):
+                    results[item_id] = _translate(item)
+                else:
+                    results[item_id] = bytes(item.mime_content or b"")
+        return results
+
     def move_message(self, message_id, dest):
         """Move the message; returns its new EWS id."""
         target = self._folder(dest.id)
@@ -901,6 +933,28 @@ class EwsBackend(MailboxBackend):
             and not isinstance(result[0], ews_errors.ErrorItemNotFound)
         ):
             raise _translate(result[0])
+
+    def delete_messages(self, message_ids, hard=False):
+        """Delete messages with one DeleteItem per ``MIME_BATCH`` ids: ``{id: None | ExchangeError}``."""
+        ids = list(dict.fromkeys(message_ids))
+        results = {}
+        if not ids:
+            return results
+        delete_type = HARD_DELETE if hard else MOVE_TO_DELETED_ITEMS
+        account = self.account
+        for start in range(0, len(ids), MIME_BATCH):
+            self._check_budget()
+            chunk = ids[start : start + MIME_BATCH]
+            answers = self._call(
+                lambda chunk=chunk: account.bulk_delete(
+                    [(item_id, None) for item_id in chunk], delete_type=delete_type, chunk_size=len(chunk)
+                ),
+                "EWS DeleteItem",
+            )
+            for item_id, answer in zip(chunk, answers, strict=False):
+                gone = isinstance(answer, ews_errors.ErrorItemNotFound)
+                results[item_id] = _translate(answer) if isinstance(answer, Exception) and not gone else None
+        return results
 
     # -- calendar -----------------------------------------------------------
 

@@ -8,6 +8,11 @@ from . import test_scheduler
 from . import test_discuss_sync
 from . import test_address_matching
 from . import test_contact_push
+from . import test_mail_import
+from . import test_mail_assign
+from . import test_mail_hostile
+from . import test_mail_kill
+from . import test_mail_chatter
 from . import test_event_import
 from . import test_user_input
 from . import test_mailbox_access
