@@ -16,3 +16,4 @@ from . import calendar_event
 from . import exchange_event_import
 from . import exchange_sign_in_failure
 from . import exchange_queue_job
+from . import exchange_cockpit

@@ -1,0 +1,101 @@
+import json
+import threading
+from datetime import timedelta
+
+from odoo import SUPERUSER_ID, api, fields
+from odoo.tests import HttpCase, tagged
+
+from ..models.exchange_cockpit import COCKPIT_BUS_TYPE
+from .test_mail_import import MailImportMixin, mime
+
+DISCUSS_URL = "/odoo/discuss"
+
+
+@tagged("post_install", "-at_install")
+class TestDiscussCockpit(MailImportMixin, HttpCase):
+    """The Discuss cockpit clicked in a browser, with the scheduled job run by the test.
+
+    Each click only asks for its kind and triggers the job; a thread of the test waits for that
+    trigger and runs the job in a cursor of its own, as a cron worker would, while the browser
+    keeps the page: the section must show the outcome without a reload.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.start_tenant(cls.env)
+        cls.cron = cls.env.ref("exchange_connector.ir_cron_exchange_sync")
+        cls.env["ir.config_parameter"].sudo().set_param("exchange_connector.sync_concurrency", 1)
+        Partner = cls.env["res.partner"]
+        cls.paula = Partner.create({"name": "Paula", "email": "paula@customer.test"})
+        cls.anna_a = Partner.create({"name": "Anna (Acme)", "email": "anna@dup.test"})
+        cls.anna_b = Partner.create({"name": "Anna (private)", "email": "anna@dup.test"})
+
+    def cron_worker(self):
+        """Run the scheduled job each time it is triggered, until :attr:`done` is set."""
+        Cron = type(self.env["ir.cron"])
+        original = Cron._trigger
+        triggered, self.done, self.cron_runs = threading.Event(), threading.Event(), []
+        self.after_cron_run = lambda number: None
+
+        def trigger(cron, at=None):
+            result = original(cron, at)
+            if self.cron in cron:
+                triggered.set()
+            return result
+
+        def work():
+            while not self.done.is_set():
+                if not triggered.wait(timeout=120):
+                    return
+                triggered.clear()
+                if self.done.is_set():
+                    return
+                with self.registry.cursor() as cr:
+                    api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"]._cron_sync()
+                self.cron_runs.append(fields.Datetime.now())
+                self.after_cron_run(len(self.cron_runs))
+
+        self.patch(Cron, "_trigger", trigger)
+        thread = threading.Thread(target=work, name="exchange-cockpit-cron", daemon=True)
+        thread.start()
+
+        def stop():
+            self.done.set()
+            triggered.set()
+            thread.join()
+        self.addCleanup(stop)
+
+    def test_each_button_runs_its_kind_in_the_background_and_the_section_follows(self):
+        user, remote = self.connected_user("ews", "cora")
+        # Synced before: not due, no sync pending.
+        user._exchange_mailbox().write({
+            "sync_requested": False, "next_sync": fields.Datetime.now() + timedelta(hours=1)})
+        self.drop(remote, mime("Order", "Paula <paula@customer.test>", remote.email, "<order@c.test>"))
+        self.drop(remote, mime("Question", "Anna <anna@dup.test>", remote.email, "<question@c.test>"))
+        start = (fields.Datetime.now() + timedelta(days=2)).replace(microsecond=0)
+        remote.add_event(subject="Review", start=start, end=start + timedelta(hours=1),
+                         organizer=("Olga Outside", "olga@outside.example"),
+                         attendees=[{"name": "Cora", "address": remote.email, "response": "accepted"}])
+        self.paula.with_user(user).action_exchange_subscribe()
+        self.cron_worker()
+
+        # Dropped once the first mail run is done: "Sync all" has a new mail to show.
+        self.after_cron_run = lambda number: number == 1 and self.drop(
+            remote, mime("Reply", "paula@customer.test", remote.email, "<reply@c.test>"))
+
+        self.start_tour(DISCUSS_URL, "exchange_connector_cockpit", login=user.login)
+
+        runs = self.env["exchange.sync.run"].search([("user_id", "=", user.id)], order="id")
+        self.assertEqual(
+            [(run.kind, run.trigger, run.state) for run in runs],
+            [("mails", "manual", "done"), ("events", "manual", "done"), ("contacts", "manual", "done"),
+             ("mails", "manual", "done"), ("events", "manual", "done"), ("contacts", "manual", "done")],
+            "each button ran its kind alone, Sync all every kind, all by the scheduled job")
+        notes = self.env["bus.bus"].search([("message", "like", COCKPIT_BUS_TYPE)])
+        self.assertEqual(
+            {tuple(json.loads(note.channel)[1:]) for note in notes}, {("res.partner", user.partner_id.id)},
+            "the job told the user's browser, and only theirs, when the kinds ran")
+        phases = [json.loads(note.message)["payload"] for note in notes]
+        self.assertIn({"kind": "mails", "phase": "running"}, phases)
+        self.assertIn({"kind": "contacts", "phase": "done"}, phases)
