@@ -17,3 +17,4 @@ from . import exchange_event_import
 from . import exchange_sign_in_failure
 from . import exchange_queue_job
 from . import exchange_cockpit
+from . import exchange_first_sync

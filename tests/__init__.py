@@ -22,3 +22,4 @@ from . import test_password_guessing
 from . import test_scheduler_scale
 from . import test_queue_job_mode
 from . import test_discuss_cockpit
+from . import test_first_sync_preview
