@@ -12,7 +12,6 @@ from . import res_company
 from . import mail_message
 from . import exchange_mail
 from . import exchange_mail_import
-from . import calendar_event
 from . import exchange_event_import
 from . import exchange_sign_in_failure
 from . import exchange_queue_job

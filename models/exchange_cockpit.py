@@ -50,6 +50,7 @@ class ExchangeMailbox(models.Model):
                 "last_text": self._exchange_cockpit_run_text(last) if last else False,
             })
         summary.update(
+            first_sync_pending=bool(mailbox.first_sync_pending) and mailbox.state == "connected",
             account_type=user.exchange_account_type,
             connected_email=mailbox.connected_email or False,
             kinds=kinds,

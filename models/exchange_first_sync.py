@@ -1,4 +1,7 @@
-from odoo import api, models
+from odoo import api, fields, models
+
+#: System parameter: "1" holds the first sync of a newly connected mailbox until its user confirms.
+FIRST_SYNC_PREVIEW_PARAM = "exchange_connector.first_sync_preview"
 
 
 class ExchangeMailbox(models.Model):
@@ -11,6 +14,25 @@ class ExchangeMailbox(models.Model):
     """
 
     _inherit = "exchange.mailbox"
+
+    first_sync_pending = fields.Boolean(
+        "First sync waits for confirmation", copy=False,
+        help="Newly connected: the scheduled job leaves the mailbox alone until its user has seen what "
+             "the first sync would do (the preview in Discuss) and started it.")
+
+    @api.model
+    def _due_domain(self):
+        return super()._due_domain() + [("first_sync_pending", "=", False)]
+
+    def write(self, vals):
+        if vals.get("state") == "connected" and "first_sync_pending" not in vals and \
+                self.env["ir.config_parameter"].sudo().get_param(FIRST_SYNC_PREVIEW_PARAM) == "1":
+            never_synced = self.filtered(
+                lambda mailbox: mailbox.state != "connected" and not mailbox.last_sync_done)
+            if never_synced:
+                super(ExchangeMailbox, never_synced).write(dict(vals, first_sync_pending=True))
+                return super(ExchangeMailbox, self - never_synced).write(vals)
+        return super().write(vals)
 
     def _exchange_preview(self, backend):
         """``{"mails": [{"folder", "count", "exists"}], "events": n, "contacts": n}`` for this mailbox.
@@ -50,3 +72,10 @@ class ExchangeMailbox(models.Model):
             return False
         with mailbox.user_id._exchange_backend() as backend:
             return mailbox._exchange_preview(backend)
+
+    @api.model
+    def exchange_cockpit_start_first_sync(self):
+        """The user saw the preview and starts the first sync: the scheduled job does it now."""
+        mailbox = self.env.user.sudo()._exchange_mailbox()
+        mailbox.first_sync_pending = False
+        return self.exchange_cockpit_request()

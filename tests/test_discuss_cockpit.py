@@ -79,6 +79,7 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
                          attendees=[{"name": "Cora", "address": remote.email, "response": "accepted"}])
         self.paula.with_user(user).action_exchange_subscribe()
         self.cron_worker()
+        last_note = self.env["bus.bus"].search([], order="id desc", limit=1).id
 
         # Dropped once the first mail run is done: "Sync all" has a new mail to show.
         self.after_cron_run = lambda number: number == 1 and self.drop(
@@ -92,10 +93,29 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
             [("mails", "manual", "done"), ("events", "manual", "done"), ("contacts", "manual", "done"),
              ("mails", "manual", "done"), ("events", "manual", "done"), ("contacts", "manual", "done")],
             "each button ran its kind alone, Sync all every kind, all by the scheduled job")
-        notes = self.env["bus.bus"].search([("message", "like", COCKPIT_BUS_TYPE)])
+        notes = self.env["bus.bus"].search([("id", ">", last_note), ("message", "like", COCKPIT_BUS_TYPE)])
         self.assertEqual(
             {tuple(json.loads(note.channel)[1:]) for note in notes}, {("res.partner", user.partner_id.id)},
             "the job told the user's browser, and only theirs, when the kinds ran")
         phases = [json.loads(note.message)["payload"] for note in notes]
         self.assertIn({"kind": "mails", "phase": "running"}, phases)
         self.assertIn({"kind": "contacts", "phase": "done"}, phases)
+
+    def test_first_sync_waits_for_the_preview(self):
+        self.env["ir.config_parameter"].sudo().set_param("exchange_connector.first_sync_preview", "1")
+        user, remote = self.connected_user("ews", "fiona")
+        mailbox = user._exchange_mailbox()
+        self.assertTrue(mailbox.first_sync_pending, "a newly connected mailbox waits for its user")
+        self.drop(remote, mime("Order", "paula@customer.test", remote.email, "<first-order@c.test>"))
+        self.drop(remote, mime("Offer", "paula@customer.test", remote.email, "<first-offer@c.test>"))
+        self.assertFalse(self.env["exchange.mailbox"].search(self.env["exchange.mailbox"]._due_domain())
+                         .filtered(lambda due: due == mailbox), "the scheduled job leaves it alone")
+        self.cron_worker()
+
+        self.start_tour(DISCUSS_URL, "exchange_connector_first_sync_preview", login=user.login)
+
+        self.assertFalse(mailbox.first_sync_pending)
+        runs = self.env["exchange.sync.run"].search([("user_id", "=", user.id)])
+        self.assertEqual(sorted(runs.mapped("kind")), ["contacts", "events", "mails"])
+        self.assertEqual(set(runs.mapped("trigger")), {"manual"})
+        self.assertTrue(remote.folder_by_path("Inbox/Transfer Out"), "the real run created the folder")

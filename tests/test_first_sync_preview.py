@@ -51,7 +51,8 @@ class TestFirstSyncPreview(MailImportMixin, TransactionCase):
             self.assertEqual({entry["method"] for entry in entries if entry["protocol"] == "graph"}, {"GET"},
                              "the dry run only lists")
         else:
-            self.assertFalse({entry.get("operation") for entry in entries} & EWS_WRITES, "the dry run only lists")
+            self.assertFalse({entry.get("operation") for entry in entries} & EWS_WRITES,
+                             "the dry run only lists")
         self.assertIsNone(remote.folder_by_path(out_path), "the missing transfer folder is not created")
         self.assertFalse(self.env["exchange.sync.run"].search([("user_id", "=", user.id)]))
         self.assertFalse(mailbox.mails_in_state or mailbox.events_state or mailbox.contact_folder_id,

@@ -1,4 +1,4 @@
-import { Component, onWillStart, onWillUnmount, useState } from "@odoo/owl";
+import { Component, onWillStart, onWillUnmount, status, useState } from "@odoo/owl";
 
 import { discussSidebarItemsRegistry } from "@mail/core/public_web/discuss_sidebar";
 
@@ -32,7 +32,7 @@ export class DiscussSidebarExchange extends Component {
         this.action = useService("action");
         this.busService = useService("bus_service");
         this.store = useService("mail.store");
-        this.state = useState({ summary: { configured: false }, requesting: false });
+        this.state = useState({ summary: { configured: false }, requesting: false, preview: null });
         this.refreshTimer = null;
         this.onBusNotification = () => this.loadSummary();
         this.busService.subscribe("exchange_connector/cockpit", this.onBusNotification);
@@ -50,13 +50,43 @@ export class DiscussSidebarExchange extends Component {
         try {
             this.state.summary = await this.orm.silent.call("exchange.mailbox", "exchange_cockpit");
         } catch (error) {
+            if (status(this) === "destroyed") {
+                return; // Discuss was left meanwhile
+            }
             // The connector must never keep Discuss from opening.
             console.warn("Office 365 / Exchange: mailbox summary unavailable", error);
             this.state.summary = { configured: false };
         }
+        if (status(this) === "destroyed") {
+            return;
+        }
+        if (this.state.summary.first_sync_pending && !this.state.preview) {
+            // Not awaited: the dry run asks Microsoft, Discuss does not wait for it.
+            this.loadPreview();
+        }
         clearTimeout(this.refreshTimer); // another read may have ended meanwhile
         if (this.isBusy) {
             this.refreshTimer = setTimeout(() => this.loadSummary(), BUSY_REFRESH_MS);
+        }
+    }
+
+    async loadPreview() {
+        this.state.preview = { loading: true };
+        try {
+            this.state.preview = await this.orm.silent.call("exchange.mailbox", "exchange_cockpit_preview");
+        } catch (error) {
+            this.state.preview = { error: error.data?.message || String(error) };
+        }
+    }
+
+    async onClickStartFirstSync() {
+        this.state.requesting = true;
+        try {
+            this.state.summary = await this.orm.call("exchange.mailbox", "exchange_cockpit_start_first_sync");
+            this.state.preview = null;
+        } finally {
+            this.state.requesting = false;
+            await this.loadSummary();
         }
     }
 
@@ -158,7 +188,12 @@ export class DiscussSidebarExchange extends Component {
         // As the user menu opens "My Preferences"; the page reloads once they are saved.
         const preferences = await this.orm.call("res.users", "action_get");
         preferences.res_id = user.userId;
-        return this.action.doAction(preferences, { onClose: () => this.loadSummary() });
+        return this.action.doAction(preferences, {
+            onClose: () => {
+                this.state.preview = null; // the settings may have changed what the first sync does
+                return this.loadSummary();
+            },
+        });
     }
 }
 

@@ -73,3 +73,34 @@ tours.add("exchange_connector_cockpit", {
         },
     ],
 });
+
+/**
+ * A newly connected mailbox waits for its user: the section shows what the first sync would
+ * do (a dry run), and the first sync starts, in the background, once the user says so.
+ */
+tours.add("exchange_connector_first_sync_preview", {
+    steps: () => [
+        {
+            content: "The dry run lists the mails of the incoming transfer folder",
+            trigger: `${ENTRY} .o-exchange-DiscussSidebarSync-preview .o-exchange-preview-mails:contains('import 2 mails from Inbox/Transfer In')`,
+        },
+        {
+            content: "… the missing outgoing folder, the calendar and the contacts",
+            trigger: `${ENTRY} .o-exchange-DiscussSidebarSync-preview:contains('(a folder it creates)')` +
+                `:contains('import 0 calendar entries'):contains('push 0 contacts')`,
+        },
+        {
+            content: "Start the first sync",
+            trigger: `${ENTRY} button[name=exchange_start_first_sync]:enabled`,
+            run: "click",
+        },
+        {
+            content: "The first sync ran in the background: the two mails are imported",
+            trigger: `${kind("mails")} .o-exchange-DiscussSidebarSync-kindStatus:contains('2 mails imported')`,
+        },
+        {
+            content: "The preview is gone",
+            trigger: `${ENTRY}:not(:has(.o-exchange-DiscussSidebarSync-preview))`,
+        },
+    ],
+});
