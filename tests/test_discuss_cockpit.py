@@ -3,6 +3,7 @@ import threading
 from datetime import timedelta
 
 from odoo import SUPERUSER_ID, api, fields
+from odoo.exceptions import UserError
 from odoo.tests import HttpCase, tagged
 
 from ..models.exchange_cockpit import COCKPIT_BUS_TYPE
@@ -119,3 +120,31 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
         self.assertEqual(sorted(runs.mapped("kind")), ["contacts", "events", "mails"])
         self.assertEqual(set(runs.mapped("trigger")), {"manual"})
         self.assertTrue(remote.folder_by_path("Inbox/Transfer Out"), "the real run created the folder")
+
+    def test_requests_add_up_and_sync_all_asks_for_every_kind(self):
+        user, _remote = self.connected_user("ews", "rhea")
+        mailbox = user._exchange_mailbox()
+        mailbox.write({"sync_requested": False, "next_sync": fields.Datetime.now() + timedelta(hours=1)})
+        Cockpit = self.env["exchange.mailbox"].with_user(user)
+
+        summary = Cockpit.exchange_cockpit_request("mails")
+        self.assertEqual((mailbox.sync_requested, mailbox.sync_requested_kinds), (True, "mails"))
+        self.assertEqual([kind["requested"] for kind in summary["kinds"]], [True, False, False])
+        Cockpit.exchange_cockpit_request("events")
+        Cockpit.exchange_cockpit_request("mails")
+        self.assertEqual(mailbox.sync_requested_kinds, "mails,events")
+        self.assertEqual(mailbox._exchange_requested_kinds(), ["mails", "events"])
+
+        summary = Cockpit.exchange_cockpit_request()  # Sync all
+        self.assertEqual((mailbox.sync_requested, mailbox.sync_requested_kinds), (True, False))
+        self.assertEqual([kind["requested"] for kind in summary["kinds"]], [True, True, True])
+        Cockpit.exchange_cockpit_request("contacts")
+        self.assertFalse(mailbox.sync_requested_kinds, "Sync all pending already includes it")
+
+        with self.assertRaises(UserError):
+            Cockpit.exchange_cockpit_request("everything")
+        user._exchange_mark_disconnected()
+        with self.assertRaises(UserError):
+            Cockpit.exchange_cockpit_request("mails")
+        with self.assertRaises(UserError):
+            Cockpit.exchange_cockpit_open_waiting()
