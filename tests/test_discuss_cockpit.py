@@ -148,3 +148,9 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
             Cockpit.exchange_cockpit_request("mails")
         with self.assertRaises(UserError):
             Cockpit.exchange_cockpit_open_waiting()
+
+    def test_office_365_mailbox_not_connected_offers_connect(self):
+        user, _remote = self.graph_user(self.env, "nora")
+        user.with_user(user).action_exchange_disconnect()
+        self.assertEqual(user._exchange_mailbox().state, "not_connected")
+        self.start_tour(DISCUSS_URL, "exchange_connector_cockpit_connect", login=user.login)

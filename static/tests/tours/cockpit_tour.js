@@ -104,3 +104,14 @@ tours.add("exchange_connector_first_sync_preview", {
         },
     ],
 });
+
+/** An Office 365 mailbox that is not connected: the section offers Connect, and nothing to sync. */
+tours.add("exchange_connector_cockpit_connect", {
+    steps: () => [
+        {
+            content: "Connect is the one button offered",
+            trigger: `${ENTRY}:not(:has(.o-exchange-DiscussSidebarSync-kind)):not(:has(button[name=exchange_sync_now]:enabled))` +
+                ` .o-exchange-DiscussSidebarSync-status:contains('Not connected') button[name=exchange_connect]`,
+        },
+    ],
+});
