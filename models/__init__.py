@@ -17,3 +17,5 @@ from . import exchange_sign_in_failure
 from . import exchange_queue_job
 from . import mail_thread
 from . import exchange_mailbox_status
+from . import exchange_cockpit
+from . import exchange_first_sync

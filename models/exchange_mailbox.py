@@ -185,6 +185,8 @@ class ExchangeMailbox(models.Model):
     connected_email = fields.Char("Mailbox address", copy=False)
     sync_requested = fields.Boolean(
         copy=False, help="The user asked for a sync: the next scheduled run does it whatever the interval.")
+    sync_requested_kinds = fields.Char(
+        copy=False, help="The kinds asked for (comma-separated, e.g. \"mails\"); empty: every enabled kind.")
     last_sync_started = fields.Datetime(copy=False)
     last_sync_done = fields.Datetime(
         "Last checked", copy=False,
@@ -367,7 +369,8 @@ class ExchangeMailbox(models.Model):
             if not lease:
                 continue
             try:
-                leased = mailbox.with_context(exchange_sync_lease=lease["token"])
+                leased = mailbox.with_context(exchange_sync_lease=lease["token"],
+                                              exchange_sync_kinds=lease.get("kinds"))
                 leased._exchange_sync(budget, lease["trigger"])
                 synced += 1
             finally:
@@ -451,9 +454,10 @@ class ExchangeMailbox(models.Model):
                 # "Started" are ghosts, closed now with the time its lease expired.
                 self.env["exchange.sync.run"]._close_interrupted(
                     self.user_id, self.sync_lease_until or fields.Datetime.now())
-            lease = {"token": uuid.uuid4().hex, "trigger": "manual" if self.sync_requested else "cron"}
+            lease = {"token": uuid.uuid4().hex, "trigger": "manual" if self.sync_requested else "cron",
+                     "kinds": self._exchange_requested_kinds()}
             if self.sync_requested:
-                self._exchange_write_lease(lease["token"], sync_requested=False)
+                self._exchange_write_lease(lease["token"], sync_requested=False, sync_requested_kinds=False)
             return lease
         except BaseException:
             self._exchange_release_lock()
@@ -523,12 +527,20 @@ class ExchangeMailbox(models.Model):
         self._exchange_commit()
 
     def _exchange_enabled_kinds(self):
+        """The kinds this sync does: those the user enabled, only the ones asked for by a per-kind request."""
         user = self.user_id
+        only = self.env.context.get("exchange_sync_kinds")
         return [kind for kind, enabled in (
             ("mails", user.exchange_sync_mails),
             ("events", user.exchange_sync_events),
             ("contacts", user.exchange_sync_contacts),
-        ) if enabled]
+        ) if enabled and (not only or kind in only)]
+
+    def _exchange_requested_kinds(self):
+        """The kinds a per-kind request asked for (None: all of them, or no request)."""
+        if not self.sync_requested or not self.sync_requested_kinds:
+            return None
+        return self.sync_requested_kinds.split(",")
 
     def _exchange_sync(self, budget=None, trigger="cron"):
         """Sync the enabled kinds of this (leased) mailbox; never raises for one mailbox's failure.
@@ -623,6 +635,8 @@ class ExchangeMailbox(models.Model):
             elif any(isinstance(error, INTERRUPTIONS) for error in errors):
                 # Continue at the next run, after the mailboxes that waited longer.
                 values["next_sync"] = now
+            elif self.env.context.get("exchange_sync_kinds"):
+                pass  # one kind was asked for: the others keep their scheduled sync
             else:
                 values["next_sync"] = now + timedelta(minutes=self._exchange_sync_interval())
         failures = [error for error in errors if not isinstance(error, INTERRUPTIONS)]

@@ -88,7 +88,8 @@ class ExchangeMailbox(models.Model):
         if not lease:
             return "Not due: synced meanwhile, or being synced by another worker."
         try:
-            leased = self.with_context(exchange_sync_lease=lease["token"])
+            leased = self.with_context(exchange_sync_lease=lease["token"],
+                                       exchange_sync_kinds=lease.get("kinds"))
             errors = leased._exchange_sync(budget, lease["trigger"])
         finally:
             self._exchange_release_lock()

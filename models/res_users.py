@@ -1001,6 +1001,7 @@ class ResUsers(models.Model):
             # A running sync holds a lease, not the row: the request waits for nothing, and it
             # makes the mailbox due again as soon as that sync ends.
             mailbox.sync_requested = True
+            mailbox.sync_requested_kinds = False  # "Sync all": every enabled kind
         self.env.ref("exchange_connector.ir_cron_exchange_sync").sudo()._trigger()
         return {
             "type": "ir.actions.client",

@@ -24,3 +24,5 @@ from . import test_queue_job_mode
 from . import test_notices
 from . import test_screens
 from . import test_screens_tour
+from . import test_discuss_cockpit
+from . import test_first_sync_preview

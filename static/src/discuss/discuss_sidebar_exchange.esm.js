@@ -1,4 +1,4 @@
-import { Component, onWillStart, useState } from "@odoo/owl";
+import { Component, onWillStart, onWillUnmount, status, useState } from "@odoo/owl";
 
 import { discussSidebarItemsRegistry } from "@mail/core/public_web/discuss_sidebar";
 
@@ -7,13 +7,20 @@ import { _t } from "@web/core/l10n/translation";
 import { user } from "@web/core/user";
 import { useService } from "@web/core/utils/hooks";
 
+/** Seconds between two reads of the section while a sync is asked for or running, should the bus be down. */
+const BUSY_REFRESH_MS = 2000;
+
 /**
- * "Office 365 / Exchange" entry of the Discuss sidebar: the user's mailbox state, a "Sync now"
- * button and a link to "My sync log".
+ * "Office 365 / Exchange" section of the Discuss sidebar, the user's cockpit: the connection
+ * (or the one button that fixes it), the last run of each kind with its counts, the mails
+ * waiting for a partner choice, and the buttons Fetch mails / Fetch events / Push contacts /
+ * Sync all.
  *
- * Sync now asks the server for a run (res.users.action_exchange_sync_now): the scheduled job
- * does the work in the background, never this request. The connector syncs all enabled kinds
- * of a mailbox in one run, so there is one button rather than one per kind.
+ * A button only asks the server for a sync (exchange.mailbox.exchange_cockpit_request): the
+ * scheduled job does the work in the background, never this request. The job tells the
+ * user's tabs over the bus ("exchange_connector/cockpit") when a kind starts and ends, and the
+ * section reads itself again; while something is pending it also re-reads every two seconds,
+ * so that it never stays stale when the bus is unavailable.
  */
 export class DiscussSidebarExchange extends Component {
     static template = "exchange_connector.DiscussSidebarExchange";
@@ -23,25 +30,79 @@ export class DiscussSidebarExchange extends Component {
         super.setup();
         this.orm = useService("orm");
         this.action = useService("action");
+        this.busService = useService("bus_service");
         this.store = useService("mail.store");
-        this.state = useState({ summary: { configured: false }, requesting: false });
+        this.state = useState({ summary: { configured: false }, requesting: false, preview: null });
+        this.refreshTimer = null;
+        this.onBusNotification = () => this.loadSummary();
+        this.busService.subscribe("exchange_connector/cockpit", this.onBusNotification);
         // Awaited, so that the sidebar appears with the entry (or without it) at once, not
         // with an entry popping in later.
         onWillStart(() => this.loadSummary());
+        onWillUnmount(() => {
+            this.busService.unsubscribe("exchange_connector/cockpit", this.onBusNotification);
+            clearTimeout(this.refreshTimer);
+        });
     }
 
     async loadSummary() {
+        clearTimeout(this.refreshTimer);
         try {
-            this.state.summary = await this.orm.silent.call("res.users", "exchange_sync_summary");
+            this.state.summary = await this.orm.silent.call("exchange.mailbox", "exchange_cockpit");
         } catch (error) {
+            if (status(this) === "destroyed") {
+                return; // Discuss was left meanwhile
+            }
             // The connector must never keep Discuss from opening.
             console.warn("Office 365 / Exchange: mailbox summary unavailable", error);
             this.state.summary = { configured: false };
         }
+        if (status(this) === "destroyed") {
+            return;
+        }
+        if (this.state.summary.first_sync_pending && !this.state.preview) {
+            // Not awaited: the dry run asks Microsoft, Discuss does not wait for it.
+            this.loadPreview();
+        }
+        clearTimeout(this.refreshTimer); // another read may have ended meanwhile
+        if (this.isBusy) {
+            this.refreshTimer = setTimeout(() => this.loadSummary(), BUSY_REFRESH_MS);
+        }
+    }
+
+    async loadPreview() {
+        this.state.preview = { loading: true };
+        try {
+            this.state.preview = await this.orm.silent.call("exchange.mailbox", "exchange_cockpit_preview");
+        } catch (error) {
+            this.state.preview = { error: error.data?.message || String(error) };
+        }
+    }
+
+    async onClickStartFirstSync() {
+        this.state.requesting = true;
+        try {
+            this.state.summary = await this.orm.call("exchange.mailbox", "exchange_cockpit_start_first_sync");
+            this.state.preview = null;
+        } finally {
+            this.state.requesting = false;
+            await this.loadSummary();
+        }
+    }
+
+    get isBusy() {
+        const summary = this.state.summary;
+        return Boolean(
+            summary.sync_requested || (summary.kinds || []).some((kind) => kind.requested || kind.running)
+        );
     }
 
     get canSync() {
         return this.state.summary.state === "connected" && !this.state.requesting;
+    }
+
+    get kinds() {
+        return (this.state.summary.kinds || []).filter((kind) => kind.enabled);
     }
 
     get lastSyncText() {
@@ -50,6 +111,48 @@ export class DiscussSidebarExchange extends Component {
             return _t("Not synced yet");
         }
         return _t("Last sync: %(date)s", { date: formatDateTime(deserializeDateTime(lastSync)) });
+    }
+
+    kindLabel(kind) {
+        return {
+            mails: _t("Mails"),
+            events: _t("Events"),
+            contacts: _t("Contacts"),
+        }[kind.kind];
+    }
+
+    buttonLabel(kind) {
+        return {
+            mails: _t("Fetch mails"),
+            events: _t("Fetch events"),
+            contacts: _t("Push contacts"),
+        }[kind.kind];
+    }
+
+    kindStatus(kind) {
+        if (kind.running) {
+            return _t("Running…");
+        }
+        if (kind.requested) {
+            return _t("Requested; it runs in the background.");
+        }
+        return kind.last_text || _t("Not run yet");
+    }
+
+    async request(kind) {
+        this.state.requesting = true;
+        try {
+            this.state.summary = await this.orm.call("exchange.mailbox", "exchange_cockpit_request", [], {
+                kind: kind || null,
+            });
+        } finally {
+            this.state.requesting = false;
+            await this.loadSummary();
+        }
+    }
+
+    onClickKind(kind) {
+        return this.request(kind.kind);
     }
 
     async onClickSyncNow() {
@@ -67,6 +170,16 @@ export class DiscussSidebarExchange extends Component {
         }
     }
 
+    async onClickWaiting() {
+        const wizard = await this.orm.call("exchange.mailbox", "exchange_cockpit_open_waiting");
+        return this.action.doAction(wizard, { onClose: () => this.loadSummary() });
+    }
+
+    async onClickConnect() {
+        const action = await this.orm.call("res.users", "action_exchange_connect", [[user.userId]]);
+        return this.action.doAction(action);
+    }
+
     onClickSyncLog() {
         return this.action.doAction("exchange_connector.action_exchange_my_sync_run");
     }
@@ -75,7 +188,12 @@ export class DiscussSidebarExchange extends Component {
         // As the user menu opens "My Preferences"; the page reloads once they are saved.
         const preferences = await this.orm.call("res.users", "action_get");
         preferences.res_id = user.userId;
-        return this.action.doAction(preferences, { onClose: () => this.loadSummary() });
+        return this.action.doAction(preferences, {
+            onClose: () => {
+                this.state.preview = null; // the settings may have changed what the first sync does
+                return this.loadSummary();
+            },
+        });
     }
 }
 
