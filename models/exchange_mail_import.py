@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import timezone
 from typing import Optional
 
-from odoo import fields, models
+from odoo import Command, fields, models
 
 from ..services import ExchangeError
 from ..services.addresses import parse_address_header
@@ -198,6 +198,7 @@ class ExchangeMailbox(models.Model):
                 counts["created"] += 1
             elif values["state"] in ("failed", "parked"):
                 counts["failed"] += 1
+                values["failed_run_ids"] = [Command.link(run.id)]
             else:
                 counts["skipped"] += 1
             if entry.mail:

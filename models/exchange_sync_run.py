@@ -63,6 +63,9 @@ class ExchangeSyncRun(models.Model):
     request_id = fields.Char(
         "Microsoft request id", readonly=True,
         help="Give it to Microsoft support to find the request in their logs.")
+    failed_mail_ids = fields.Many2many(
+        "exchange.mail", "exchange_mail_failed_run_rel", "run_id", "mail_id", "Failed mails",
+        readonly=True, help="The mails that failed or were parked in this run; the reason is the latest.")
 
     @api.depends("date_started", "date_done")
     def _compute_duration(self):

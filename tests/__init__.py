@@ -21,3 +21,4 @@ from . import test_token_rotation
 from . import test_password_guessing
 from . import test_scheduler_scale
 from . import test_queue_job_mode
+from . import test_mail_runs
