@@ -15,3 +15,4 @@ from . import exchange_mail_import
 from . import exchange_event_import
 from . import exchange_sign_in_failure
 from . import exchange_queue_job
+from . import mail_alias_domain

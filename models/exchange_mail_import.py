@@ -136,7 +136,8 @@ class ExchangeMailbox(models.Model):
         A mail that cannot be read is recorded as failed; when storing the batch fails, it is
         stored again mail by mail, so that a bad mail fails alone while the others are kept.
         """
-        Mail = self.env["exchange.mail"].sudo()
+        # The recipients' alias lookups of Odoo's parser are made once per address for the batch.
+        Mail = self.env["exchange.mail"].sudo().with_context(exchange_alias_cache={})
         outcomes = []
         readable = []
         for entry in batch:

@@ -94,7 +94,8 @@ class TestMailImportTwoWorkers(SchedulerMixin, TransactionCase):
     def remove_committed_rows(cls):
         with cls.registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})
-            env["mail.message"].search([("model", "=", "res.partner"), ("res_id", "=", cls.sender_id)]).unlink()
+            env["mail.message"].search(
+                [("model", "=", "res.partner"), ("res_id", "=", cls.sender_id)]).unlink()
             env["exchange.mail"].search([("user_id", "in", cls.user_ids)]).unlink()
             env["exchange.binding"].search([("user_id", "in", cls.user_ids)]).unlink()
             env["res.partner"].browse(cls.sender_id).unlink()
@@ -166,15 +167,58 @@ class TestMailImportTwoWorkers(SchedulerMixin, TransactionCase):
         with self.registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})
             mails = env["exchange.mail"].search([("user_id", "in", self.user_ids)])
-            messages = env["mail.message"].search(
-                [("model", "=", "res.partner"), ("res_id", "=", self.sender_id), ("message_type", "=", "email")])
-            bindings = env["exchange.binding"].search([("user_id", "in", self.user_ids), ("kind", "=", "message")])
+            messages = env["mail.message"].search([
+                ("model", "=", "res.partner"), ("res_id", "=", self.sender_id),
+                ("message_type", "=", "email")])
+            bindings = env["exchange.binding"].search(
+                [("user_id", "in", self.user_ids), ("kind", "=", "message")])
             runs = env["exchange.sync.run"].search([("user_id", "in", self.user_ids), ("kind", "=", "mails")])
             self.assertEqual(sorted(mails.mapped("message_key")),
                              [f"<lock{number}@example.org>" for number in range(self.MAILS)])
             self.assertEqual(set(mails.mapped("state")), {"posted"})
-            self.assertEqual(sorted(messages.mapped("subject")), [f"lock{number}" for number in range(self.MAILS)],
+            self.assertEqual(sorted(messages.mapped("subject")),
+                             [f"lock{number}" for number in range(self.MAILS)],
                              "each mail posted exactly once")
             self.assertEqual(len(bindings), self.MAILS)
             self.assertEqual(sum(runs.mapped("count_created")), self.MAILS)
             self.assertEqual(set(runs.mapped("state")), {"done"})
+
+
+@tagged("post_install", "-at_install")
+class TestMailImportParseQueries(MailImportMixin, TransactionCase):
+    """Odoo's parser looks every mail's recipients up among the aliases; a page shares those lookups."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.start_tenant(cls.env)
+        cls.env["res.partner"].create({"name": "Rita", "email": "rita@customer.test"})
+
+    def alias_queries_of_import(self, kind, count):
+        user, remote = self.connected_user(kind, f"aliasq{kind}")
+        for number in range(count):
+            to = f"{remote.email}, sales@ourcompany.test"
+            message_id = f"<alias{number}@customer.test>"
+            self.drop(remote, mime(f"Alias {number}", "rita@customer.test", to, message_id))
+        queries = []
+        cursor_class = type(self.env.cr)
+        execute = cursor_class.execute
+
+        def counted(cursor, query, params=None, log_exceptions=True):
+            text = query.code if hasattr(query, "code") else str(query)
+            if 'FROM "mail_alias" ' in text:
+                queries.append(text)
+            return execute(cursor, query, params, log_exceptions)
+
+        with patch.object(cursor_class, "execute", counted):
+            run = self.sync_mails(user)
+        self.assertEqual(run.count_created, count)
+        return queries
+
+    def test_alias_lookups_once_per_page_ews(self):
+        queries = self.alias_queries_of_import("ews", 10)
+        self.assertLessEqual(len(queries), 3, "\n".join(queries))
+
+    def test_alias_lookups_once_per_page_graph(self):
+        queries = self.alias_queries_of_import("graph", 10)
+        self.assertLessEqual(len(queries), 3, "\n".join(queries))
