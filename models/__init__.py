@@ -19,3 +19,4 @@ from . import mail_thread
 from . import exchange_mailbox_status
 from . import exchange_cockpit
 from . import exchange_first_sync
+from . import mail_alias_domain

@@ -55,6 +55,9 @@ class ExchangeMail(models.Model):
     run_id = fields.Many2one(
         "exchange.sync.run", "Last sync run", ondelete="set null", readonly=True,
         help="The run that last imported or tried to import this mail.")
+    failed_run_ids = fields.Many2many(
+        "exchange.sync.run", "exchange_mail_failed_run_rel", "mail_id", "run_id", "Failed in runs",
+        readonly=True, help="The sync runs in which this mail failed or was parked.")
     message_key = fields.Char(
         "Message-ID", index=True, readonly=True,
         help="The mail's Message-ID, or a content hash for a mail that has none.")

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import timezone
 from typing import Optional
 
-from odoo import fields, models
+from odoo import Command, fields, models
 
 from ..services import ExchangeError
 from ..services.addresses import parse_address_header
@@ -136,7 +136,8 @@ class ExchangeMailbox(models.Model):
         A mail that cannot be read is recorded as failed; when storing the batch fails, it is
         stored again mail by mail, so that a bad mail fails alone while the others are kept.
         """
-        Mail = self.env["exchange.mail"].sudo()
+        # The recipients' alias lookups of Odoo's parser are made once per address for the batch.
+        Mail = self.env["exchange.mail"].sudo().with_context(exchange_alias_cache={})
         outcomes = []
         readable = []
         for entry in batch:
@@ -198,6 +199,7 @@ class ExchangeMailbox(models.Model):
                 counts["created"] += 1
             elif values["state"] in ("failed", "parked"):
                 counts["failed"] += 1
+                values["failed_run_ids"] = [Command.link(run.id)]
             else:
                 counts["skipped"] += 1
             if entry.mail:

@@ -68,6 +68,9 @@ class ExchangeSyncRun(models.Model):
         "What went wrong", readonly=True,
         help="What stopped the run and what to do about it; the exception itself is under Details.")
     result = fields.Char(compute="_compute_result")
+    failed_mail_ids = fields.Many2many(
+        "exchange.mail", "exchange_mail_failed_run_rel", "run_id", "mail_id", "Failed mails",
+        readonly=True, help="The mails that failed or were parked in this run; the reason is the latest.")
 
     @api.depends("date_started", "date_done")
     def _compute_duration(self):
