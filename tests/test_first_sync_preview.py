@@ -1,10 +1,10 @@
 from datetime import timedelta
-from unittest.mock import patch
 
 from odoo import fields
 from odoo.tests import TransactionCase, tagged
 
-from .test_mail_import import MailImportMixin, _no_commit_progress, mime
+from .common import no_commit_progress
+from .test_mail_import import MailImportMixin, mime
 
 #: What a dry run must never ask of Microsoft.
 EWS_WRITES = {"CreateFolder", "CreateItem", "UpdateItem", "DeleteItem", "MoveItem", "CopyItem"}
@@ -58,7 +58,7 @@ class TestFirstSyncPreview(MailImportMixin, TransactionCase):
         self.assertFalse(mailbox.mails_in_state or mailbox.events_state or mailbox.contact_folder_id,
                          "the dry run saves no sync state")
 
-        with patch.object(type(self.env["ir.cron"]), "_commit_progress", _no_commit_progress):
+        with no_commit_progress(self.env):
             self.assertEqual(mailbox._exchange_sync(trigger="manual"), [])
         runs = {run.kind: run for run in self.env["exchange.sync.run"].search([("user_id", "=", user.id)])}
 
