@@ -413,14 +413,18 @@ class ResUsers(models.Model):
             self.sudo()._exchange_reset_lockout()
         return res
 
-    @api.depends_context("uid")
-    def _compute_exchange_status(self):
-        # Read as superuser, shown only to the user themself and administrators: the last error
-        # names servers and mailboxes.
+    def _exchange_visible_mailboxes(self):
+        """``(visible, {user id: exchange.mailbox})``: which of these users the caller may see the
+        mailbox of (themself; everyone for administrators: the last error names servers and
+        mailboxes), and those mailboxes, read as superuser."""
         is_admin = self.env.user.has_group("base.group_system")
         visible = self._origin if is_admin else self._origin & self.env.user
         mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", visible.ids)])
-        by_user = {mailbox.user_id.id: mailbox for mailbox in mailboxes}
+        return visible, {mailbox.user_id.id: mailbox for mailbox in mailboxes}
+
+    @api.depends_context("uid")
+    def _compute_exchange_status(self):
+        _visible, by_user = self._exchange_visible_mailboxes()
         for user in self:
             mailbox = by_user.get(user._origin.id)
             user.exchange_state = mailbox.state if mailbox else "not_connected"
@@ -1067,11 +1071,7 @@ class ResUsers(models.Model):
     @api.depends_context("uid")
     @api.depends("exchange_ca_bundle")
     def _compute_exchange_screen(self):
-        # As _compute_exchange_status: only the user themself and administrators see a mailbox.
-        is_admin = self.env.user.has_group("base.group_system")
-        visible = self._origin if is_admin else self._origin & self.env.user
-        mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", visible.ids)])
-        by_user = {mailbox.user_id.id: mailbox for mailbox in mailboxes}
+        visible, by_user = self._exchange_visible_mailboxes()
         for user in self:
             mailbox = by_user.get(user._origin.id)
             state = mailbox.state if mailbox else "not_connected"

@@ -62,6 +62,23 @@ class MailImportMixin(ExchangeTenantMixin):
     def drop(remote, source, folder="Inbox/Transfer In"):
         return remote.add_message(remote.ensure_folder_path(folder).id, source)
 
+    def drop_fine_and_poison(self, remote):
+        """Two mails from one sender; storing the one titled "Poison" fails while :meth:`poisoned` lasts."""
+        self.drop(remote, mime("Fine", "rita@customer.test", remote.email, "<fine@customer.test>"))
+        self.drop(remote, mime("Poison", "rita@customer.test", remote.email, "<poison@customer.test>"))
+
+    def poisoned(self):
+        """A context in which storing a mail titled "Poison" raises, as a bug or a bad row would."""
+        mail_class = type(self.env["exchange.mail"])
+        message_values = mail_class._exchange_message_values
+
+        def fail_on_poison(mail, user, parsed, model, res_id, author):
+            if parsed["subject"] == "Poison":
+                raise ValueError("cannot store this one")
+            return message_values(mail, user, parsed, model, res_id, author)
+
+        return patch.object(mail_class, "_exchange_message_values", fail_on_poison)
+
     def sync_mails(self, user):
         """One mail sync of ``user`` through the seam, as the scheduler runs it (commits are no-ops here)."""
         mailbox = user._exchange_mailbox()
@@ -319,17 +336,8 @@ class TestMailImport(MailImportMixin, ConfiguredTenantMixin, TransactionCase):
     @mute_logger(IMPORT_LOGGER)
     def test_a_failing_mail_is_retried_then_parked(self):
         user, remote = self.connected_user("ews", "failing")
-        self.drop(remote, mime("Fine", "rita@customer.test", remote.email, "<fine@customer.test>"))
-        self.drop(remote, mime("Poison", "rita@customer.test", remote.email, "<poison@customer.test>"))
-        mail_class = type(self.env["exchange.mail"])
-        message_values = mail_class._exchange_message_values
-
-        def fail_on_poison(mail, user, parsed, model, res_id, author):
-            if parsed["subject"] == "Poison":
-                raise ValueError("cannot store this one")
-            return message_values(mail, user, parsed, model, res_id, author)
-
-        with patch.object(mail_class, "_exchange_message_values", fail_on_poison):
+        self.drop_fine_and_poison(remote)
+        with self.poisoned():
             first = self.sync_mails(user)
             self.assertEqual((first.count_created, first.count_failed), (1, 1))
             poison = self.mails_of(user, message_key="<poison@customer.test>")

@@ -26,17 +26,8 @@ class TestMailRunReport(MailImportMixin, TransactionCase):
     @mute_logger(IMPORT_LOGGER)
     def check_failed_mails_listed(self, kind):
         user, remote = self.connected_user(kind, f"runreport{kind}")
-        self.drop(remote, mime("Fine", "rita@customer.test", remote.email, "<fine@customer.test>"))
-        self.drop(remote, mime("Poison", "rita@customer.test", remote.email, "<poison@customer.test>"))
-        mail_class = type(self.env["exchange.mail"])
-        message_values = mail_class._exchange_message_values
-
-        def fail_on_poison(mail, user, parsed, model, res_id, author):
-            if parsed["subject"] == "Poison":
-                raise ValueError("cannot store this one")
-            return message_values(mail, user, parsed, model, res_id, author)
-
-        with patch.object(mail_class, "_exchange_message_values", fail_on_poison):
+        self.drop_fine_and_poison(remote)
+        with self.poisoned():
             runs = [self.sync_mails(user) for _try in range(3)]
         poison = self.mails_of(user, message_key="<poison@customer.test>")
         for run in runs:
