@@ -302,7 +302,10 @@ class ExchangeMailbox(models.Model):
             # A mass mailing: filed on the partners it certainly reaches, nobody asked about the rest.
             ambiguous, unknown = [], []
         if unknown and policy == "create":
-            certain |= self._exchange_create_partners(unknown, parsed)
+            created = self._exchange_create_partners(unknown, parsed)
+            # Later mails of the same batch from these addresses find them, not create them again.
+            matches.update(zip(unknown, created, strict=True))
+            certain |= created
             unknown = []
         elif unknown and policy == "ignore":
             unknown = []

@@ -284,10 +284,13 @@ class TestMailImport(MailImportMixin, ConfiguredTenantMixin, TransactionCase):
 
         company.exchange_unknown_address = "create"
         self.drop(remote, mime("Created", "Carla Neu <carla@newco.test>", remote.email, "<c@newco.test>"))
+        self.drop(remote, mime("Again", "Carla Neu <carla@newco.test>", remote.email, "<c2@newco.test>"))
         self.sync_mails(user)
         carla = self.env["res.partner"].search([("email_normalized", "=", "carla@newco.test")])
-        self.assertEqual((carla.name, carla.parent_id), ("Carla Neu", domain_company))
+        self.assertEqual((carla.name, carla.parent_id), ("Carla Neu", domain_company),
+                         "one partner for two mails of one batch")
         self.assertEqual(len(self.messages_on(carla, subject="Created")), 1)
+        self.assertEqual(len(self.messages_on(carla, subject="Again")), 1)
         self.assertEqual(self.mails_of(user, message_key="<c@newco.test>").state, "posted")
 
     def test_delete_after_import_only_after_commit(self):
