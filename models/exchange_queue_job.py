@@ -86,7 +86,7 @@ class ExchangeMailbox(models.Model):
         self._exchange_commit()
         lease = self._exchange_take_lease(budget)
         if not lease:
-            return "Not due: synced meanwhile, or being synced by another worker."
+            return self.env._("Not due: synced meanwhile, or being synced by another worker.")
         try:
             leased = self.with_context(exchange_sync_lease=lease["token"],
                                        exchange_sync_kinds=lease.get("kinds"))
@@ -99,8 +99,9 @@ class ExchangeMailbox(models.Model):
             from odoo.addons.queue_job.exception import RetryableJobError  # noqa: PLC0415 - optional addon
 
             raise RetryableJobError(
-                f"Microsoft throttles this mailbox: retry after {retry_after:g} s", seconds=retry_after)
+                self.env._("Microsoft throttles this mailbox: retry after %(seconds)s s", seconds=f"{retry_after:g}"),
+                seconds=retry_after)
         if any(isinstance(error, INTERRUPTIONS) for error in errors):
             self._exchange_enqueue()
-            return "Stopped by its time budget: continues in a new job."
-        return "Synced."
+            return self.env._("Stopped by its time budget: continues in a new job.")
+        return self.env._("Synced.")

@@ -21,6 +21,7 @@ from ..services import (
     AuthenticationError,
     ConnectionProblem,
     ExchangeError,
+    FolderNotFound,
     ThrottledError,
     TimeBudgetExceeded,
 )
@@ -763,6 +764,10 @@ class ResUsers(models.Model):
                 "Microsoft is throttling this mailbox at the moment: try again in a few minutes.")
         if isinstance(error, TimeBudgetExceeded):
             return self.env._("The mailbox answered too slowly to finish in time: try again later.")
+        if isinstance(error, FolderNotFound):
+            return self.env._(
+                "A folder the connector uses is missing in the mailbox: click Test connection, then Create "
+                "transfer folders if it offers to (%(details)s).", details=error.message)
         return self.env._("Microsoft refused the request (%(code)s): %(message)s",
                           code=error.code or "error", message=error.message)
 
