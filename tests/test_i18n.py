@@ -1,0 +1,106 @@
+import re
+from collections import Counter
+from pathlib import Path
+
+from odoo.modules import get_module_path
+from odoo.tests import HttpCase, TransactionCase, tagged
+from odoo.tools.translate import PoFileReader, TranslationModuleReader
+
+from .common import ExchangeTenantMixin
+
+MODULE = "exchange_connector"
+LANGUAGES = ("de", "it")
+# What a translation must carry over: %(name)s / %(size).1f and {name} placeholders (each at least
+# once, in any order), and as many %s placeholders and HTML / view tags (with their attributes).
+NAMED = re.compile(r"%\(\w+\)[-+ #0]*\d*(?:\.\d+)?[sdfr]|\{\w+\}")
+COUNTED = re.compile(r"%[sdfr]|<[^>]+>")
+
+
+def placeholders(text):
+    return Counter(dict.fromkeys(NAMED.findall(text), 1)) + Counter(COUNTED.findall(text))
+
+
+def read_po(lang):
+    """``{source: translation}`` of ``i18n/<lang>.po``, and the sources marked fuzzy, as Odoo reads them."""
+    reader = PoFileReader(str(Path(get_module_path(MODULE), "i18n", f"{lang}.po")))
+    fuzzy = {entry.msgid for entry in reader.pofile if entry.fuzzy and not entry.obsolete}
+    return {row["src"]: row["value"] for row in reader}, fuzzy
+
+
+def module_terms(cr):
+    """Every translatable source of the installed addon, as Odoo exports it: {source: where}."""
+    terms = {}
+    for module, ttype, name, res_id, source, _value, _comments in TranslationModuleReader(cr, modules=[MODULE]):
+        if module == MODULE:
+            terms.setdefault(source, f"{ttype}:{name}" + (f":{res_id}" if res_id else ""))
+    return terms
+
+
+def untranslated(terms, translations, fuzzy):
+    return sorted(f"{where}: {source!r}" for source, where in terms.items()
+                  if source in fuzzy or not translations.get(source))
+
+
+def placeholder_mismatches(terms, translations):
+    return sorted(f"{source!r} -> {translations[source]!r}" for source in terms
+                  if translations.get(source) and placeholders(source) != placeholders(translations[source]))
+
+
+@tagged("post_install", "-at_install")
+class TestTranslations(TransactionCase):
+    """Every string of the addon has a German and an Italian translation that keeps its placeholders."""
+
+    def test_every_term_translated_in_german_and_italian(self):
+        terms = module_terms(self.env.cr)
+        # The reader sees the addon's Python, JS, OWL, view, field, menu and data terms: a few of
+        # each, so that an empty reading cannot pass for a complete translation.
+        kinds = Counter(where.split(":", 1)[0] for where in terms.values())
+        self.assertGreater(len(terms), 400)
+        self.assertTrue({"code", "model", "model_terms"} <= set(kinds), kinds)
+        self.assertTrue(any("static/src" in where for where in terms.values()), "no JS / OWL term read")
+        for lang in LANGUAGES:
+            with self.subTest(lang=lang):
+                translations, fuzzy = read_po(lang)
+                missing = untranslated(terms, translations, fuzzy)
+                self.assertFalse(missing, f"{len(missing)} term(s) without a translation in i18n/{lang}.po "
+                                 f"(run ./dev/i18n, then translate):\n" + "\n".join(missing))
+                broken = placeholder_mismatches(terms, translations)
+                self.assertFalse(broken, f"placeholders or tags changed in i18n/{lang}.po:\n" + "\n".join(broken))
+
+    def test_the_check_fails_on_a_new_string_and_on_a_lost_placeholder(self):
+        """The check itself: a term nobody translated, or a translation that lost its placeholder."""
+        terms = {"Fetch mails": "code:x.js", "%(count)s mails imported": "code:y.py",
+                 "<b>Bold</b> %s": "model_terms:ir.ui.view,arch_db"}
+        translations = {"Fetch mails": "E-Mails abrufen", "%(count)s mails imported": "E-Mails importiert",
+                        "<b>Bold</b> %s": "<b>Fett</b> %s"}
+        self.assertEqual(untranslated(terms, translations, set()), [])
+        self.assertEqual(untranslated(dict(terms, **{"A new string": "code:z.py"}), translations, set()),
+                         ["code:z.py: 'A new string'"])
+        self.assertEqual(untranslated(terms, translations, {"Fetch mails"}), ["code:x.js: 'Fetch mails'"])
+        self.assertEqual(placeholder_mismatches(terms, translations),
+                         ["'%(count)s mails imported' -> 'E-Mails importiert'"])
+        self.assertEqual(placeholders('<span invisible="a">x</span> %(size).1f {name} %s'),
+                         Counter({'<span invisible="a">': 1, "</span>": 1, "%(size).1f": 1, "{name}": 1, "%s": 1}))
+
+
+@tagged("post_install", "-at_install")
+class TestGermanTabTour(ExchangeTenantMixin, HttpCase):
+    """The Office 365 / Exchange tab in German, in a browser: the module's terms as a user reads them."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.start_tenant(cls.env)
+
+    def test_tab_in_german(self):
+        self.env["res.lang"]._activate_lang("de_DE")
+        self.env["ir.module.module"]._load_module_terms([MODULE], ["de_DE"], overwrite=True)
+        user, remote = self.ews_user(self.env, "greta", lang="de_DE")
+        user._exchange_mark_connected(remote.email)
+        user.exchange_ews_password = "not the password"
+        self.start_tour(f"/odoo/my-mailbox/{user.id}", "exchange_connector_german_tab", login=user.login)
+        self.env.invalidate_all()
+        self.assertEqual(user.exchange_health, "failing")
+        self.assertIn("Exchange hat den Benutzernamen oder das Passwort abgelehnt",
+                      user.with_context(lang="en_US").exchange_last_error,
+                      "the error recorded for the user is the sentence they read, in their language")
