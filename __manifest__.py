@@ -1,6 +1,7 @@
 {
     "name": "Exchange & Office 365 Connector",
-    "summary": "Mails and meetings from Exchange / Office 365 into Odoo, partners out to Outlook contacts",
+    "summary": "Mails and meetings from Exchange / Office 365 into Odoo, partners out to Outlook contacts "
+    "(in English, German and Italian)",
     "version": "19.0.2.0.0",
     "category": "Productivity/Discuss",
     "author": "Exchange Connector Team",

@@ -99,7 +99,8 @@ class ExchangeMailbox(models.Model):
             from odoo.addons.queue_job.exception import RetryableJobError  # noqa: PLC0415 - optional addon
 
             raise RetryableJobError(
-                self.env._("Microsoft throttles this mailbox: retry after %(seconds)s s", seconds=f"{retry_after:g}"),
+                self.env._("Microsoft throttles this mailbox: retry after %(seconds)s s",
+                           seconds=f"{retry_after:g}"),
                 seconds=retry_after)
         if any(isinstance(error, INTERRUPTIONS) for error in errors):
             self._exchange_enqueue()

@@ -30,7 +30,8 @@ def read_po(lang):
 def module_terms(cr):
     """Every translatable source of the installed addon, as Odoo exports it: {source: where}."""
     terms = {}
-    for module, ttype, name, res_id, source, _value, _comments in TranslationModuleReader(cr, modules=[MODULE]):
+    reader = TranslationModuleReader(cr, modules=[MODULE])
+    for module, ttype, name, res_id, source, _value, _comments in reader:
         if module == MODULE:
             terms.setdefault(source, f"{ttype}:{name}" + (f":{res_id}" if res_id else ""))
     return terms
@@ -65,7 +66,8 @@ class TestTranslations(TransactionCase):
                 self.assertFalse(missing, f"{len(missing)} term(s) without a translation in i18n/{lang}.po "
                                  f"(run ./dev/i18n, then translate):\n" + "\n".join(missing))
                 broken = placeholder_mismatches(terms, translations)
-                self.assertFalse(broken, f"placeholders or tags changed in i18n/{lang}.po:\n" + "\n".join(broken))
+                self.assertFalse(broken, f"placeholders or tags changed in i18n/{lang}.po:\n"
+                                 + "\n".join(broken))
 
     def test_the_check_fails_on_a_new_string_and_on_a_lost_placeholder(self):
         """The check itself: a term nobody translated, or a translation that lost its placeholder."""
@@ -80,7 +82,8 @@ class TestTranslations(TransactionCase):
         self.assertEqual(placeholder_mismatches(terms, translations),
                          ["'%(count)s mails imported' -> 'E-Mails importiert'"])
         self.assertEqual(placeholders('<span invisible="a">x</span> %(size).1f {name} %s'),
-                         Counter({'<span invisible="a">': 1, "</span>": 1, "%(size).1f": 1, "{name}": 1, "%s": 1}))
+                         Counter({'<span invisible="a">': 1, "</span>": 1, "%(size).1f": 1, "{name}": 1,
+                                  "%s": 1}))
 
 
 @tagged("post_install", "-at_install")
