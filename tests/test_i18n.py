@@ -95,9 +95,12 @@ class TestGermanTabTour(ExchangeTenantMixin, HttpCase):
         super().setUpClass()
         cls.start_tenant(cls.env)
 
-    def test_tab_in_german(self):
+    def setUp(self):
+        super().setUp()
         self.env["res.lang"]._activate_lang("de_DE")
         self.env["ir.module.module"]._load_module_terms([MODULE], ["de_DE"], overwrite=True)
+
+    def test_tab_in_german(self):
         user, remote = self.ews_user(self.env, "greta", lang="de_DE")
         user._exchange_mark_connected(remote.email)
         user.exchange_ews_password = "not the password"
@@ -107,3 +110,7 @@ class TestGermanTabTour(ExchangeTenantMixin, HttpCase):
         self.assertIn("Exchange hat den Benutzernamen oder das Passwort abgelehnt",
                       user.with_context(lang="en_US").exchange_last_error,
                       "the error recorded for the user is the sentence they read, in their language")
+
+    def test_discuss_section_in_german(self):
+        user, _remote = self.connected_user("ews", "gustav", lang="de_DE")
+        self.start_tour("/odoo/discuss", "exchange_connector_german_discuss", login=user.login)

@@ -43,3 +43,38 @@ registry.category("web_tour.tours").add("exchange_connector_german_tab", {
         },
     ],
 });
+
+const ENTRY = ".o-mail-DiscussSidebar .o-exchange-DiscussSidebarSync";
+
+/** The Discuss section of a German-speaking user: the JS and OWL strings are German too. */
+registry.category("web_tour.tours").add("exchange_connector_german_discuss", {
+    steps: () => [
+        {
+            content: "The connected mailbox, in German",
+            trigger: `${ENTRY} .o-exchange-DiscussSidebarSync-mailbox:contains('Verbunden als')`,
+        },
+        {
+            content: "The buttons of each kind (JS strings)",
+            trigger: `${ENTRY} button[name=exchange_fetch_mails]:contains('E-Mails abrufen')`,
+            run() {
+                for (const [name, label] of [
+                    ["exchange_fetch_events", "Termine abrufen"],
+                    ["exchange_fetch_contacts", "Kontakte übertragen"],
+                ]) {
+                    const button = document.querySelector(`${ENTRY} button[name=${name}]`);
+                    if (!button || !button.textContent.includes(label)) {
+                        throw new Error(`${name} does not read "${label}": ${button?.textContent}`);
+                    }
+                }
+            },
+        },
+        {
+            content: "The section's own buttons (OWL template)",
+            trigger: `${ENTRY} button[name=exchange_sync_now]:contains('Alles synchronisieren')`,
+        },
+        {
+            content: "The sync log",
+            trigger: `${ENTRY} button[name=exchange_sync_log]:contains('Mein Synchronisierungsprotokoll')`,
+        },
+    ],
+});
