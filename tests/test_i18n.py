@@ -6,7 +6,7 @@ from odoo.modules import get_module_path
 from odoo.tests import HttpCase, TransactionCase, tagged
 from odoo.tools.translate import PoFileReader, TranslationModuleReader
 
-from .common import ExchangeTenantMixin
+from .common import ConfiguredTenantMixin
 
 MODULE = "exchange_connector"
 LANGUAGES = ("de", "it")
@@ -87,13 +87,8 @@ class TestTranslations(TransactionCase):
 
 
 @tagged("post_install", "-at_install")
-class TestGermanTabTour(ExchangeTenantMixin, HttpCase):
-    """The Office 365 / Exchange tab in German, in a browser: the module's terms as a user reads them."""
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.start_tenant(cls.env)
+class TestGermanTabTour(ConfiguredTenantMixin, HttpCase):
+    """The Office 365 / Exchange tab and the Discuss section in German, in a browser."""
 
     def setUp(self):
         super().setUp()
