@@ -251,16 +251,18 @@ class ExchangeMailbox(models.Model):
         if lock_out:
             values["state"] = "auth_failed"
         self.write(values)
+        # The notice is written in its reader's language, whoever's run met the error.
+        notice = self.with_context(lang=self.user_id.lang or self.env.lang)
         if lock_out:
             _logger.warning("Exchange mailbox of user %s locked after %d sign-in failures (%s)",
                             self.user_id.login, failures, error.code or error.kind)
-            self._exchange_notify_user(error, self.env._(
+            notice._exchange_notify_user(error, notice.env._(
                 "The synchronisation of your mailbox is paused after %(count)s failed sign-ins.",
                 count=failures))
         elif failures == 1 and error.kind == "invalid_grant":
             # Microsoft has said the refresh token is expired or revoked: no retry can succeed, so
             # the user hears it now rather than only once the lockout stops the synchronisation.
-            self._exchange_notify_user(error, self.env._(
+            notice._exchange_notify_user(error, notice.env._(
                 "Microsoft no longer accepts the sign-in of your mailbox; the synchronisation stops "
                 "after %(count)s failed attempts unless you reconnect.", count=limit))
 
@@ -552,6 +554,10 @@ class ExchangeMailbox(models.Model):
         a short transaction of their own.
         """
         self.ensure_one()
+        if self.user_id.lang and self.env.lang != self.user_id.lang:
+            # What the runs and the mailbox keep is read by their user: in the user's language,
+            # whoever runs the sync (the scheduled job's environment has no language).
+            return self.with_context(lang=self.user_id.lang)._exchange_sync(budget, trigger)
         runs = self.env["exchange.sync.run"]
         user = self.user_id
         current = None

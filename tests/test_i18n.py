@@ -6,7 +6,7 @@ from odoo.modules import get_module_path
 from odoo.tests import HttpCase, TransactionCase, tagged
 from odoo.tools.translate import PoFileReader, TranslationModuleReader
 
-from .common import ConfiguredTenantMixin
+from .common import ConfiguredTenantMixin, no_commit_progress
 
 MODULE = "exchange_connector"
 LANGUAGES = ("de", "it")
@@ -109,3 +109,41 @@ class TestGermanTabTour(ConfiguredTenantMixin, HttpCase):
     def test_discuss_section_in_german(self):
         user, _remote = self.connected_user("ews", "gustav", lang="de_DE")
         self.start_tour("/odoo/discuss", "exchange_connector_german_discuss", login=user.login)
+
+
+@tagged("post_install", "-at_install")
+class TestNoticeLanguage(ConfiguredTenantMixin, TransactionCase):
+    """A notice is written in the language of the user who reads it, whoever's run met the error."""
+
+    def test_lockout_notice_in_the_users_language(self):
+        self.env["res.lang"]._activate_lang("de_DE")
+        self.env["ir.config_parameter"].sudo().set_param("exchange_connector.max_auth_failures", 2)
+        user, remote = self.ews_user(self.env, "hilde", password="wrong-password", lang="de_DE")
+        user._exchange_mark_connected(remote.email)
+        for _attempt in range(2):
+            # The administrator's environment, in English, meets the refusals.
+            self.refused_sign_in(user.with_context(lang="en_US"))
+        notice = self.env["mail.message"].search(
+            [("partner_ids", "in", user.partner_id.ids), ("model", "=", "res.users")])
+        self.assertEqual(len(notice), 1)
+        self.assertEqual(notice.subject,
+                         "Exchange: Ihr Postfach wird nicht synchronisiert, prüfen Sie Ihr Passwort")
+        body = str(notice.body)
+        self.assertIn("Die Synchronisierung Ihres Postfachs ist nach 2 fehlgeschlagenen Anmeldungen pausiert.",
+                      body)
+        self.assertIn("Der Connector verwendet Ihr Exchange-Passwort", body)
+        self.assertIn("<summary>Details</summary>", body)
+
+    def test_sync_log_in_the_users_language(self):
+        self.env["res.lang"]._activate_lang("it_IT")
+        user, remote = self.ews_user(self.env, "ilaria", password="wrong-password", lang="it_IT")
+        user._exchange_mark_connected(remote.email)
+        mailbox = user._exchange_mailbox().with_context(lang=None)  # as the scheduled job runs it
+        with no_commit_progress(self.env):
+            errors = mailbox._exchange_sync(trigger="manual")
+        self.assertEqual(len(errors), 1)
+        run = self.env["exchange.sync.run"].search([("user_id", "=", user.id)], order="id desc", limit=1)
+        self.assertEqual(run.state, "failed")
+        self.assertTrue(run.error_summary.startswith("Exchange ha rifiutato il nome utente o la password"),
+                        run.error_summary)
+        self.assertTrue(mailbox.last_error.startswith("Exchange ha rifiutato"), mailbox.last_error)
