@@ -129,8 +129,8 @@ class TestNoticeLanguage(ConfiguredTenantMixin, TransactionCase):
         self.assertEqual(notice.subject,
                          "Exchange: Ihr Postfach wird nicht synchronisiert, prüfen Sie Ihr Passwort")
         body = str(notice.body)
-        self.assertIn("Die Synchronisierung Ihres Postfachs ist nach 2 fehlgeschlagenen Anmeldungen pausiert.",
-                      body)
+        self.assertIn("Die Synchronisierung Ihres Postfachs ist nach 2 fehlgeschlagenen Anmeldungen "
+                      "pausiert.", body)
         self.assertIn("Der Connector verwendet Ihr Exchange-Passwort", body)
         self.assertIn("<summary>Details</summary>", body)
 
