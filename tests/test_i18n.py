@@ -3,8 +3,10 @@ from collections import Counter
 from pathlib import Path
 
 from odoo.modules import get_module_path
-from odoo.tests import HttpCase, TransactionCase, tagged
+from odoo.tests import HttpCase, TransactionCase, new_test_user, tagged
 from odoo.tools.translate import PoFileReader, TranslationModuleReader
+
+from odoo.addons.exchange_connector.services import FolderNotFound
 
 from .common import ConfiguredTenantMixin, no_commit_progress
 
@@ -160,3 +162,12 @@ class TestNoticeLanguage(ConfiguredTenantMixin, TransactionCase):
         self.assertTrue(run.error_summary.startswith("Exchange ha rifiutato il nome utente o la password"),
                         run.error_summary)
         self.assertTrue(mailbox.last_error.startswith("Exchange ha rifiutato"), mailbox.last_error)
+
+    def test_a_missing_folder_is_a_sentence_not_microsofts_words(self):
+        self.env["res.lang"]._activate_lang("de_DE")
+        user = new_test_user(self.env, login="gerd.test", name="Gerd", lang="de_DE")
+        error = FolderNotFound("Inbox/Transfer In", code="ErrorFolderNotFound")
+        self.assertEqual(
+            user.with_context(lang="de_DE")._exchange_describe_error(error),
+            "Ein Ordner, den der Connector verwendet, fehlt im Postfach: Klicken Sie auf „Verbindung testen“ "
+            "und dann, falls angeboten, auf „Transferordner anlegen“ (Inbox/Transfer In).")
