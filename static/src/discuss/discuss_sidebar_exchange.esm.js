@@ -7,8 +7,10 @@ import { _t } from "@web/core/l10n/translation";
 import { user } from "@web/core/user";
 import { useService } from "@web/core/utils/hooks";
 
-/** Seconds between two reads of the section while a sync is asked for or running, should the bus be down. */
+/** Milliseconds between two reads of the section while a sync is pending and the bus is down. */
 const BUSY_REFRESH_MS = 2000;
+/** Events of the bus service after which notifications may have been missed: read the section again. */
+const BUS_BACK_EVENTS = ["BUS:CONNECT", "BUS:RECONNECT"];
 
 /**
  * "Office 365 / Exchange" section of the Discuss sidebar, the user's cockpit: the connection
@@ -19,8 +21,9 @@ const BUSY_REFRESH_MS = 2000;
  * A button only asks the server for a sync (exchange.mailbox.exchange_cockpit_request): the
  * scheduled job does the work in the background, never this request. The job tells the
  * user's tabs over the bus ("exchange_connector/cockpit") when a kind starts and ends, and the
- * section reads itself again; while something is pending it also re-reads every two seconds,
- * so that it never stays stale when the bus is unavailable.
+ * section reads itself again. Only while the bus is not connected does a pending sync make it
+ * re-read itself every two seconds instead (and once more when the bus is back), so that it
+ * never stays stale; a connected bus is the only way the outcome arrives.
  */
 export class DiscussSidebarExchange extends Component {
     static template = "exchange_connector.DiscussSidebarExchange";
@@ -31,16 +34,28 @@ export class DiscussSidebarExchange extends Component {
         this.orm = useService("orm");
         this.action = useService("action");
         this.busService = useService("bus_service");
+        // Reactive: the section re-renders (data-live) when the bus connects or drops.
+        this.bus = useState(this.busService);
         this.store = useService("mail.store");
         this.state = useState({ summary: { configured: false }, requesting: false, preview: null });
         this.refreshTimer = null;
         this.onBusNotification = () => this.loadSummary();
+        this.onBusBack = () => this.loadSummary();
+        this.onBusDown = () => this.isBusy && this.loadSummary(); // starts the fallback re-reads
         this.busService.subscribe("exchange_connector/cockpit", this.onBusNotification);
+        for (const event of BUS_BACK_EVENTS) {
+            this.busService.addEventListener(event, this.onBusBack);
+        }
+        this.busService.addEventListener("BUS:DISCONNECT", this.onBusDown);
         // Awaited, so that the sidebar appears with the entry (or without it) at once, not
         // with an entry popping in later.
         onWillStart(() => this.loadSummary());
         onWillUnmount(() => {
             this.busService.unsubscribe("exchange_connector/cockpit", this.onBusNotification);
+            for (const event of BUS_BACK_EVENTS) {
+                this.busService.removeEventListener(event, this.onBusBack);
+            }
+            this.busService.removeEventListener("BUS:DISCONNECT", this.onBusDown);
             clearTimeout(this.refreshTimer);
         });
     }
@@ -65,7 +80,7 @@ export class DiscussSidebarExchange extends Component {
             this.loadPreview();
         }
         clearTimeout(this.refreshTimer); // another read may have ended meanwhile
-        if (this.isBusy) {
+        if (this.isBusy && !this.isLive) {
             this.refreshTimer = setTimeout(() => this.loadSummary(), BUSY_REFRESH_MS);
         }
     }
@@ -95,6 +110,11 @@ export class DiscussSidebarExchange extends Component {
         return Boolean(
             summary.sync_requested || (summary.kinds || []).some((kind) => kind.requested || kind.running)
         );
+    }
+
+    /** Whether the bus is connected: the job's notifications reach this tab. */
+    get isLive() {
+        return this.bus.workerState === "CONNECTED";
     }
 
     get canSync() {
