@@ -140,8 +140,7 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
         self.assertIn({"kind": False, "phase": "idle"}, phases)
 
     def test_first_sync_waits_for_the_preview(self):
-        self.env["ir.config_parameter"].sudo().set_param("exchange_connector.first_sync_preview", "1")
-        user, remote = self.connected_user("ews", "fiona")
+        user, remote = self.connected_user("ews", "fiona", preview_seen=False)
         mailbox = user._exchange_mailbox()
         self.assertTrue(mailbox.first_sync_pending, "a newly connected mailbox waits for its user")
         self.drop(remote, mime("Order", "paula@customer.test", remote.email, "<first-order@c.test>"))
