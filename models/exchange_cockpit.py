@@ -97,6 +97,15 @@ class ExchangeMailbox(models.Model):
         # Run by the web client itself (not as a button's result): it needs the views.
         return dict(waiting.action_assign_partner(), views=[(False, "form")])
 
+    @api.model
+    def exchange_cockpit_my_mailbox(self):
+        """The current user's preferences opened on the Office 365 / Exchange tab (my mailbox), as the
+        user menu opens them: where the section sends its reader to connect again or fix a password."""
+        action = self.env["res.users"].action_get()
+        view_id = self.env["ir.model.data"]._xmlid_to_res_id(
+            "exchange_connector.view_users_form_exchange_mailbox")
+        return dict(action, res_id=self.env.uid, views=[(view_id, "form")])
+
     # -- telling the browser -------------------------------------------------
 
     def _exchange_cockpit_notify(self, kind, phase):

@@ -190,3 +190,11 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
         user.with_user(user).action_exchange_disconnect()
         self.assertEqual(user._exchange_mailbox().state, "not_connected")
         self.start_tour(DISCUSS_URL, "exchange_connector_cockpit_connect", login=user.login)
+
+    def test_office_365_sign_in_refused_leads_to_my_mailbox(self):
+        user, remote = self.graph_user(self.env, "olivia")
+        self.tenant.identity.revoke(remote.email)
+        for _attempt in range(3):
+            self.refused_sign_in(user)
+        self.assertEqual(user._exchange_mailbox().state, "auth_failed")
+        self.start_tour(DISCUSS_URL, "exchange_connector_cockpit_reconnect", login=user.login)

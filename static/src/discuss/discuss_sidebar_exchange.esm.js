@@ -205,9 +205,9 @@ export class DiscussSidebarExchange extends Component {
     }
 
     async onClickPreferences() {
-        // As the user menu opens "My Preferences"; the page reloads once they are saved.
-        const preferences = await this.orm.call("res.users", "action_get");
-        preferences.res_id = user.userId;
+        // "My Preferences" as the user menu opens them, on the Office 365 / Exchange tab (my
+        // mailbox); the page reloads once they are saved.
+        const preferences = await this.orm.call("exchange.mailbox", "exchange_cockpit_my_mailbox");
         return this.action.doAction(preferences, {
             onClose: () => {
                 this.state.preview = null; // the settings may have changed what the first sync does

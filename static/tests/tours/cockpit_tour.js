@@ -123,3 +123,19 @@ tours.add("exchange_connector_cockpit_connect", {
         },
     ],
 });
+
+/** An Office 365 mailbox whose sign-in Microsoft refused: "connect again" leads to my mailbox. */
+tours.add("exchange_connector_cockpit_reconnect", {
+    steps: () => [
+        {
+            content: "The section says what is wrong, with nothing to sync",
+            trigger: `${ENTRY}:not(:has(button[name=exchange_sync_now]:enabled)) a[name=exchange_reconnect]` +
+                `:contains('Sign-in refused — connect again in my mailbox')`,
+            run: "click",
+        },
+        {
+            content: "My Preferences open on the Office 365 / Exchange tab, with Connect",
+            trigger: ".modal:has(a[role=tab].active:contains('Office 365 / Exchange')) button[name=action_exchange_connect]",
+        },
+    ],
+});
