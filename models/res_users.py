@@ -87,6 +87,7 @@ EXCHANGE_STATUS_FIELDS = ["exchange_state", "exchange_connected_email", "exchang
 EXCHANGE_STATUS_FIELDS += ["exchange_outlook_calendar_syncs"]
 EXCHANGE_STATUS_FIELDS += ["exchange_health", "exchange_transfer_folders_missing", "exchange_ca_summary"]
 EXCHANGE_STATUS_FIELDS += ["exchange_contact_count"]
+EXCHANGE_STATUS_FIELDS += ["exchange_first_sync_pending"]
 # Who may have a mailbox: every internal user (implied by base.group_user); an administrator may
 # remove that implication and give the group to some users only.
 MAILBOX_USER_GROUP = "exchange_connector.group_exchange_user"
@@ -1096,6 +1097,8 @@ class ResUsers(models.Model):
         string="Mailbox state", compute="_compute_exchange_screen")
     exchange_transfer_folders_missing = fields.Boolean(compute="_compute_exchange_screen")
     exchange_ca_summary = fields.Char("Trusted CA", compute="_compute_exchange_screen")
+    exchange_first_sync_pending = fields.Boolean(
+        "First sync waits for confirmation", compute="_compute_exchange_screen")
 
     @api.depends_context("uid")
     @api.depends("exchange_ca_bundle")
@@ -1108,6 +1111,8 @@ class ResUsers(models.Model):
                 state = "failing"
             user.exchange_health = state
             user.exchange_transfer_folders_missing = bool(mailbox and mailbox.transfer_folders_missing)
+            user.exchange_first_sync_pending = bool(mailbox and mailbox.first_sync_pending
+                                                    and mailbox.state == "connected")
             pem = user.sudo().exchange_ca_bundle if user._origin in visible else False
             user.exchange_ca_summary = self._exchange_describe_ca_bundle(pem)
 

@@ -94,12 +94,15 @@ class TestFirstSyncPreview(MailImportMixin, TransactionCase):
         self.assertEqual(mailbox.state, "connected", mailbox.last_error)
         self.assertTrue(mailbox.first_sync_pending, "the preview is on without any setting")
         self.assertTrue(user.with_user(user).env["exchange.mailbox"].exchange_cockpit()["first_sync_pending"])
+        self.assertTrue(user.with_user(user).exchange_first_sync_pending, "the tab says what it waits for")
 
         self.run_scheduled_job()
         self.assertFalse(self.runs_of(user), "the scheduled job left the unconfirmed mailbox alone")
 
         user.with_user(user).env["exchange.mailbox"].exchange_cockpit_start_first_sync()
         self.assertFalse(mailbox.first_sync_pending)
+        user.invalidate_recordset()
+        self.assertFalse(user.with_user(user).exchange_first_sync_pending)
         self.run_scheduled_job()
         runs = self.runs_of(user)
         self.assertEqual(sorted(runs.mapped("kind")), ["contacts", "events", "mails"])
