@@ -139,6 +139,18 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
         self.assertIn({"kind": "contacts", "phase": "done"}, phases)
         self.assertIn({"kind": False, "phase": "idle"}, phases)
 
+    def test_the_section_re_reads_itself_only_while_the_bus_is_down(self):
+        user, remote = self.connected_user("ews", "bettina")
+        user._exchange_mailbox().write({
+            "sync_requested": False, "next_sync": fields.Datetime.now() + timedelta(hours=1)})
+        self.drop(remote, mime("Order", "Paula <paula@customer.test>", remote.email, "<offline@c.test>"))
+        self.cron_worker()
+
+        self.start_tour(DISCUSS_URL, "exchange_connector_cockpit_bus_down", login=user.login)
+
+        self.assertEqual(len(self.cron_runs), 1)
+        self.assertTrue(self.reads_while_waiting, "without the bus, the section read itself on its own")
+
     def test_first_sync_waits_for_the_preview(self):
         user, remote = self.connected_user("ews", "fiona", preview_seen=False)
         mailbox = user._exchange_mailbox()

@@ -34,19 +34,35 @@ export class DiscussSidebarExchange extends Component {
         this.orm = useService("orm");
         this.action = useService("action");
         this.busService = useService("bus_service");
-        // Reactive: the section re-renders (data-live) when the bus connects or drops.
-        this.bus = useState(this.busService);
         this.store = useService("mail.store");
-        this.state = useState({ summary: { configured: false }, requesting: false, preview: null });
+        this.state = useState({
+            summary: { configured: false },
+            requesting: false,
+            preview: null,
+            // Whether the bus is connected, i.e. the job's notifications reach this tab. Followed
+            // through the events: a stopped bus (the browser went offline) says "disconnect"
+            // without changing its worker's state.
+            live: this.busService.workerState === "CONNECTED",
+        });
         this.refreshTimer = null;
         this.onBusNotification = () => this.loadSummary();
-        this.onBusBack = () => this.loadSummary();
-        this.onBusDown = () => this.isBusy && this.loadSummary(); // starts the fallback re-reads
+        this.onBusBack = () => {
+            this.state.live = true;
+            this.loadSummary();
+        };
+        this.onBusDown = () => {
+            this.state.live = false;
+            if (this.isBusy) {
+                this.loadSummary(); // starts the fallback re-reads
+            }
+        };
+        this.onWorkerState = ({ detail }) => (this.state.live = detail === "CONNECTED");
         this.busService.subscribe("exchange_connector/cockpit", this.onBusNotification);
         for (const event of BUS_BACK_EVENTS) {
             this.busService.addEventListener(event, this.onBusBack);
         }
         this.busService.addEventListener("BUS:DISCONNECT", this.onBusDown);
+        this.busService.addEventListener("BUS:WORKER_STATE_UPDATED", this.onWorkerState);
         // Awaited, so that the sidebar appears with the entry (or without it) at once, not
         // with an entry popping in later.
         onWillStart(() => this.loadSummary());
@@ -56,6 +72,7 @@ export class DiscussSidebarExchange extends Component {
                 this.busService.removeEventListener(event, this.onBusBack);
             }
             this.busService.removeEventListener("BUS:DISCONNECT", this.onBusDown);
+            this.busService.removeEventListener("BUS:WORKER_STATE_UPDATED", this.onWorkerState);
             clearTimeout(this.refreshTimer);
         });
     }
@@ -112,9 +129,8 @@ export class DiscussSidebarExchange extends Component {
         );
     }
 
-    /** Whether the bus is connected: the job's notifications reach this tab. */
     get isLive() {
-        return this.bus.workerState === "CONNECTED";
+        return this.state.live;
     }
 
     get canSync() {

@@ -139,3 +139,27 @@ tours.add("exchange_connector_cockpit_reconnect", {
         },
     ],
 });
+
+/** The bus drops (the browser goes offline): the section falls back to reading itself. */
+tours.add("exchange_connector_cockpit_bus_down", {
+    steps: () => [
+        {
+            content: "The section is live",
+            trigger: `${ENTRY}[data-live=true]`,
+            run: () => window.dispatchEvent(new Event("offline")),
+        },
+        {
+            content: "The bus is down",
+            trigger: `${ENTRY}[data-live=false]`,
+        },
+        {
+            content: "Fetch mails",
+            trigger: `${kind("mails")} button[name=exchange_fetch_mails]:enabled`,
+            run: "click",
+        },
+        {
+            content: "The outcome arrives all the same, read by the section itself",
+            trigger: `${kind("mails")} .o-exchange-DiscussSidebarSync-kindStatus:contains('1 mail imported')`,
+        },
+    ],
+});
