@@ -177,7 +177,11 @@ def take(base_url, login, password, partner_name, binary):
         browser.click(f"{SECTION} a[name=exchange_waiting]")
         browser.wait_for(".modal .o_form_view")
         browser.settle()
-        browser.evaluate("document.querySelector('.modal-body').scrollTop = 0")  # the mail first
+        # The mail's header and preview above, the partners to choose from below.
+        browser.evaluate("[...document.querySelectorAll('.modal .o_horizontal_separator, .modal .o_form_label')]"
+                         ".find((el) => /candidates/i.test(el.textContent)).scrollIntoView({block: 'center'})")
+        browser.evaluate("document.querySelector('.modal .o_data_row .o_boolean_toggle input, "
+                         ".modal .o_data_row .o-checkbox input').click()")  # the user's choice
         browser.screenshot("assign_partner.png")
         browser.click(".modal .btn-close")
 
