@@ -178,8 +178,9 @@ def take(base_url, login, password, partner_name, binary):
         browser.wait_for(".modal .o_form_view")
         browser.settle()
         # The mail's header and preview above, the partners to choose from below.
-        browser.evaluate("[...document.querySelectorAll('.modal .o_horizontal_separator, .modal .o_form_label')]"
-                         ".find((el) => /candidates/i.test(el.textContent)).scrollIntoView({block: 'center'})")
+        titles = "[...document.querySelectorAll('.modal .o_horizontal_separator, .modal .o_form_label')]"
+        browser.evaluate(f"{titles}.find((el) => /candidates/i.test(el.textContent))"
+                         ".scrollIntoView({block: 'center'})")
         browser.evaluate("document.querySelector('.modal .o_data_row .o_boolean_toggle input, "
                          ".modal .o_data_row .o-checkbox input').click()")  # the user's choice
         browser.screenshot("assign_partner.png")
