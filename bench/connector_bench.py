@@ -106,7 +106,8 @@ def connect(user, tenant):
     """Sign a Graph ``user`` in, then record the connection of ``user``'s mailbox: syncing may start."""
     if user.exchange_account_type == "graph":
         user.exchange_token_cache = sign_in(tenant, user.exchange_email)
-    user._exchange_mark_connected(user.exchange_email)
+    # The user has seen the first-sync preview: the scheduled job syncs the mailbox.
+    user._exchange_mark_connected(user.exchange_email).first_sync_pending = False
 
 
 def no_commit_progress(env):

@@ -97,10 +97,20 @@ class ExchangeMailbox(models.Model):
         # Run by the web client itself (not as a button's result): it needs the views.
         return dict(waiting.action_assign_partner(), views=[(False, "form")])
 
+    @api.model
+    def exchange_cockpit_my_mailbox(self):
+        """The current user's preferences opened on the Office 365 / Exchange tab (my mailbox), as the
+        user menu opens them: where the section sends its reader to connect again or fix a password."""
+        action = self.env["res.users"].action_get()
+        view_id = self.env["ir.model.data"]._xmlid_to_res_id(
+            "exchange_connector.view_users_form_exchange_mailbox")
+        return dict(action, res_id=self.env.uid, views=[(view_id, "form")])
+
     # -- telling the browser -------------------------------------------------
 
     def _exchange_cockpit_notify(self, kind, phase):
-        """Tell the user's open Discuss sections that ``kind`` is ``phase`` ("running" or "done").
+        """Tell the user's open Discuss sections that ``kind`` is ``phase`` ("running" or "done"), or
+        (``kind`` False) that the whole sync ended ("idle").
 
         Sent with the next commit of the sync (the bus delivers after commit), so that the
         section re-reads what that commit stored.
@@ -119,6 +129,13 @@ class ExchangeMailbox(models.Model):
             self._exchange_cockpit_notify(kind, "done")
         return error
 
+    def _exchange_sync(self, budget=None, trigger="cron"):
+        errors = super()._exchange_sync(budget, trigger)
+        if trigger == "manual":
+            # The time of the last sync and its error are written after the kinds' "done".
+            self._exchange_cockpit_notify(False, "idle")
+        return errors
+
     @api.model
     def _exchange_cockpit_run_text(self, run):
         """The run in one sentence for the Discuss section, e.g. "12 mails imported, 2 waiting for you"."""
@@ -130,7 +147,8 @@ class ExchangeMailbox(models.Model):
         if run.kind == "mails":
             waiting = self.env["exchange.mail"].sudo().search_count(
                 [("run_id", "=", run.id), ("state", "=", "queued")])
-            text = self.env._("%(count)s mails imported", count=run.count_created)
+            text = self.env._("1 mail imported") if run.count_created == 1 else \
+                self.env._("%(count)s mails imported", count=run.count_created)
             if waiting:
                 text = self.env._("%(text)s, %(count)s waiting for you", text=text, count=waiting)
         elif run.kind == "events":

@@ -1,6 +1,7 @@
 from odoo import api, fields, models
 
-#: System parameter: "1" holds the first sync of a newly connected mailbox until its user confirms.
+#: System parameter: the first sync of a newly connected mailbox waits until its user confirms,
+#: unless it is "0" (an opt-out for deployments that sync at once).
 FIRST_SYNC_PREVIEW_PARAM = "exchange_connector.first_sync_preview"
 
 
@@ -25,8 +26,12 @@ class ExchangeMailbox(models.Model):
         return super()._due_domain() + [("first_sync_pending", "=", False)]
 
     def write(self, vals):
+        if vals.get("sync_requested") and "first_sync_pending" not in vals:
+            # Sync now (the preferences tab, an administrator) is a go as much as the preview's
+            # button: the preview is offered, never a lock.
+            vals = dict(vals, first_sync_pending=False)
         if vals.get("state") == "connected" and "first_sync_pending" not in vals and \
-                self.env["ir.config_parameter"].sudo().get_param(FIRST_SYNC_PREVIEW_PARAM) == "1":
+                self.env["ir.config_parameter"].sudo().get_param(FIRST_SYNC_PREVIEW_PARAM, "1") != "0":
             never_synced = self.filtered(
                 lambda mailbox: mailbox.state != "connected" and not mailbox.last_sync_done)
             if never_synced:

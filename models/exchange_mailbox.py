@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import psycopg2.errors
-from markupsafe import Markup
 
 from odoo import SUPERUSER_ID, api, fields, models
 from odoo.exceptions import UserError
@@ -235,6 +234,7 @@ class ExchangeMailbox(models.Model):
     def _exchange_record_error(self, error):
         self.ensure_one()
         self.write({"last_error": self._exchange_error_text(error),
+                    "last_error_kind": self._exchange_error_kind(error),
                     "last_error_code": getattr(error, "code", None) or False})
 
     def _exchange_record_auth_failure(self, error):
@@ -245,6 +245,7 @@ class ExchangeMailbox(models.Model):
         values = {
             "auth_failures": failures,
             "last_error": self._exchange_error_text(error),
+            "last_error_kind": self._exchange_error_kind(error),
             "last_error_code": error.code or error.kind,
         }
         lock_out = failures >= limit and self.state != "auth_failed"
@@ -265,19 +266,6 @@ class ExchangeMailbox(models.Model):
             notice._exchange_notify_user(error, notice.env._(
                 "Microsoft no longer accepts the sign-in of your mailbox; the synchronisation stops "
                 "after %(count)s failed attempts unless you reconnect.", count=limit))
-
-    def _exchange_notify_user(self, error, situation):
-        """An inbox notification to the mailbox's user: what happened and what to do about it."""
-        body = Markup("<p>%s</p><p>%s</p><p><small>%s</small></p>") % (
-            situation, self._exchange_error_text(error), str(error))
-        self.env["mail.thread"].sudo().message_notify(
-            model="res.users",
-            res_id=self.user_id.id,
-            partner_ids=self.user_id.partner_id.ids,
-            author_id=self.env.ref("base.partner_root").id,
-            subject=self.env._("Exchange: reconnect your mailbox"),
-            body=body,
-        )
 
     def action_reset_lockout(self):
         """Administrator button: let the connector try the stored credentials again."""
@@ -648,6 +636,7 @@ class ExchangeMailbox(models.Model):
         failures = [error for error in errors if not isinstance(error, INTERRUPTIONS)]
         if failures:
             values.update(last_error=self._exchange_error_text(failures[-1]),
+                          last_error_kind=self._exchange_error_kind(failures[-1]),
                           last_error_code=getattr(failures[-1], "code", None) or False)
         self.write(values)
         if self.sync_requested:

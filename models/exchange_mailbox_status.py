@@ -1,11 +1,14 @@
 from markupsafe import Markup
 
-from odoo import fields, models, tools
+from odoo import api, fields, models, tools
 
+from ..services import AuthenticationError, ConnectionProblem
 from .mail_thread import INBOX_NOTICE_CONTEXT
 
 #: Context key set by the buttons of the Office 365 / Exchange tab: its reader needs no directions to it.
 ON_TAB_CONTEXT = "exchange_on_tab"
+#: The errors whose sentence depends on who reads it: kept by kind, worded again for each reader.
+REWORDED_ERRORS = {cls.__name__: cls for cls in (AuthenticationError, ConnectionProblem)}
 
 
 class ExchangeMailbox(models.Model):
@@ -16,6 +19,34 @@ class ExchangeMailbox(models.Model):
     transfer_folders_missing = fields.Boolean(
         copy=False,
         help="The last Test connection found a transfer folder missing: the tab offers to create it.")
+
+    last_error_kind = fields.Char(
+        copy=False,
+        help="The class and kind of the last error (e.g. ConnectionProblem:tls), so that each reader "
+             "gets it in their own words: the user on the tab, in Discuss, an administrator on the form.")
+
+    def write(self, vals):
+        if "last_error" in vals and "last_error_kind" not in vals:
+            vals = dict(vals, last_error_kind=False)  # a new text, of no known kind
+        return super().write(vals)
+
+    @api.model
+    def _exchange_error_kind(self, error):
+        """``"<class>:<kind>"`` of an error whose wording depends on the reader, else False."""
+        for name, cls in REWORDED_ERRORS.items():
+            if isinstance(error, cls) and getattr(error, "kind", None):
+                return f"{name}:{error.kind}"
+        return False
+
+    def _exchange_last_error_for_reader(self, on_tab=False):
+        """The last error in the current reader's words: the stored sentence was written for whoever
+        caused it (the scheduled job, the user, an administrator testing their connection)."""
+        self.ensure_one()
+        name, _sep, kind = (self.last_error_kind or "").partition(":")
+        if not self.last_error or name not in REWORDED_ERRORS:
+            return self.last_error or False
+        user = self.user_id.with_context(**{ON_TAB_CONTEXT: on_tab})
+        return user._exchange_describe_error(REWORDED_ERRORS[name]("", kind=kind))
 
     def _exchange_find_folder(self, backend, folder_kind, path):
         # A sync creates the folders it does not find: nothing is missing any more.
@@ -33,10 +64,11 @@ class ExchangeMailbox(models.Model):
             or bool(self.env.context.get("exchange_notice_to_owner"))
 
     def _exchange_where_to_fix(self):
-        """Where the reader fixes the mailbox: nothing for a reader already on the tab."""
-        if self.env.context.get(ON_TAB_CONTEXT):
-            return ""
+        """Where the mailbox is fixed: nothing for its user already on the tab; for an administrator
+        (even on the user's form) where that user fixes it."""
         if self._exchange_notice_reader_is_owner():
+            if self.env.context.get(ON_TAB_CONTEXT):
+                return ""
             return self.env._(" in your preferences (My Preferences, tab Office 365 / Exchange)")
         return self.env._(" in their preferences (tab Office 365 / Exchange)")
 

@@ -88,6 +88,7 @@ EXCHANGE_STATUS_FIELDS = ["exchange_state", "exchange_connected_email", "exchang
 EXCHANGE_STATUS_FIELDS += ["exchange_outlook_calendar_syncs"]
 EXCHANGE_STATUS_FIELDS += ["exchange_health", "exchange_transfer_folders_missing", "exchange_ca_summary"]
 EXCHANGE_STATUS_FIELDS += ["exchange_contact_count"]
+EXCHANGE_STATUS_FIELDS += ["exchange_first_sync_pending"]
 # Who may have a mailbox: every internal user (implied by base.group_user); an administrator may
 # remove that implication and give the group to some users only.
 MAILBOX_USER_GROUP = "exchange_connector.group_exchange_user"
@@ -430,7 +431,8 @@ class ResUsers(models.Model):
             mailbox = by_user.get(user._origin.id)
             user.exchange_state = mailbox.state if mailbox else "not_connected"
             user.exchange_connected_email = mailbox.connected_email if mailbox else False
-            user.exchange_last_error = mailbox.last_error if mailbox else False
+            # Shown on the tab: worded for its reader, who is already there.
+            user.exchange_last_error = mailbox and mailbox._exchange_last_error_for_reader(on_tab=True)
 
     # -- account linking: Connect / Disconnect / Test connection ------------
 
@@ -603,6 +605,7 @@ class ResUsers(models.Model):
                                              if backend.find_folder(path) is None]
         except ExchangeError as exc:
             result["message"] = self._exchange_describe_error(exc)
+            result["error_kind"] = self.env["exchange.mailbox"]._exchange_error_kind(exc)
             return result
         except UserError as exc:
             # The seam refuses a mailbox that is not set up, not connected or locked out.
@@ -638,7 +641,8 @@ class ResUsers(models.Model):
             # records Microsoft's refusals itself, with their code).
             mailbox = self.sudo()._exchange_mailbox()
             if mailbox.last_error != check["message"]:
-                mailbox.write({"last_error": check["message"], "last_error_code": False})
+                mailbox.write({"last_error": check["message"], "last_error_code": False,
+                               "last_error_kind": check.get("error_kind", False)})
         else:
             mailbox = self.sudo()._exchange_mailbox()
             if mailbox.transfer_folders_missing != bool(check["missing_folders"]):
@@ -739,15 +743,34 @@ class ResUsers(models.Model):
                     host=self._exchange_server_host())
         if isinstance(error, ConnectionProblem):
             host = self._exchange_server_host()
+            if self.exchange_account_type == "graph" and error.kind in ("dns", "refused", "tls"):
+                # Microsoft's address and the trust in it are the company's settings: nothing for
+                # the mailbox's user to change, nothing to reconnect.
+                if error.kind == "tls":
+                    return self.env._(
+                        "The Odoo server does not trust the certificate of %(host)s: an administrator sets "
+                        "the CA bundle for Microsoft in Settings → Office 365 / Exchange. Nothing to change "
+                        "in the mailbox settings.", host=host)
+                return self.env._(
+                    "The Odoo server could not reach %(host)s: the next sync tries again. If it lasts, an "
+                    "administrator checks the server's network access and the Microsoft addresses in "
+                    "Settings → Office 365 / Exchange. Nothing to change in the mailbox settings.", host=host)
+            mailbox = self._exchange_mailbox()
+            where = mailbox._exchange_where_to_fix()
+            for_owner = mailbox._exchange_notice_reader_is_owner()
             if error.kind == "dns":
                 return self.env._(
                     "The server name %(host)s is unknown: check the server address for typing errors.",
                     host=host)
             if error.kind == "tls":
+                if not for_owner:
+                    return self.env._(
+                        "The certificate of %(host)s is not trusted for the mailbox of %(user)s: they must "
+                        "paste their company's CA certificate under Trusted CA certificates%(where)s, or an "
+                        "administrator pastes it on their user form.", host=host, user=self.name, where=where)
                 return self.env._(
                     "The certificate of %(host)s is not trusted: paste your company's CA certificate under "
-                    "Trusted CA certificates (for Office 365, ask your administrator to set the CA bundle "
-                    "in Settings).", host=host)
+                    "Trusted CA certificates%(where)s, then click Test connection.", host=host, where=where)
             if error.kind == "unavailable":
                 return self.env._(
                     "%(host)s answered that Exchange is unavailable (HTTP 503): it is overloaded or under "
@@ -756,9 +779,16 @@ class ResUsers(models.Model):
                 return self.env._(
                     "%(host)s did not answer in time: try again later, or check that the Odoo server can "
                     "reach it.", host=host)
+            if not for_owner:
+                return self.env._(
+                    "%(host)s, the Exchange server of %(user)s, could not be reached: they must check the "
+                    "EWS URL%(where)s, or an administrator corrects it on their user form. If it is right, "
+                    "the server is down or the Odoo server cannot reach it.", host=host, user=self.name,
+                    where=where)
             return self.env._(
-                "%(host)s could not be reached: check the server address and that the server is running "
-                "and reachable from the Odoo server.", host=host)
+                "%(host)s could not be reached: check the EWS URL%(where)s. If it is right, the server is "
+                "down or the Odoo server cannot reach it: tell your Exchange administrator.",
+                host=host, where=where)
         if isinstance(error, ThrottledError):
             return self.env._(
                 "Microsoft is throttling this mailbox at the moment: try again in a few minutes.")
@@ -1043,7 +1073,7 @@ class ResUsers(models.Model):
             "state": mailbox.state or "not_connected",
             "sync_requested": mailbox.sync_requested,
             "last_sync": fields.Datetime.to_string(last_sync) if last_sync else False,
-            "last_error": mailbox.last_error or False,
+            "last_error": mailbox._exchange_last_error_for_reader() if mailbox else False,
             "account_type": user.exchange_account_type,
         }
 
@@ -1072,6 +1102,8 @@ class ResUsers(models.Model):
         string="Mailbox state", compute="_compute_exchange_screen")
     exchange_transfer_folders_missing = fields.Boolean(compute="_compute_exchange_screen")
     exchange_ca_summary = fields.Char("Trusted CA", compute="_compute_exchange_screen")
+    exchange_first_sync_pending = fields.Boolean(
+        "First sync waits for confirmation", compute="_compute_exchange_screen")
 
     @api.depends_context("uid")
     @api.depends("exchange_ca_bundle")
@@ -1084,6 +1116,8 @@ class ResUsers(models.Model):
                 state = "failing"
             user.exchange_health = state
             user.exchange_transfer_folders_missing = bool(mailbox and mailbox.transfer_folders_missing)
+            user.exchange_first_sync_pending = bool(mailbox and mailbox.first_sync_pending
+                                                    and mailbox.state == "connected")
             pem = user.sudo().exchange_ca_bundle if user._origin in visible else False
             user.exchange_ca_summary = self._exchange_describe_ca_bundle(pem)
 

@@ -113,21 +113,32 @@ class ExchangeTenantMixin:
         return user, remote
 
     @classmethod
-    def graph_user(cls, env, name, **values):
-        """An internal user with an Office 365 mailbox, signed in through the tenant's browser flow."""
+    def graph_user(cls, env, name, preview_seen=True, **values):
+        """An internal user with an Office 365 mailbox, signed in through the tenant's browser flow
+        (``preview_seen``: and past the first-sync preview, see :meth:`connected_user`)."""
         remote = cls.new_remote_mailbox(name)
         user = new_test_user(
             env, login=f"{name}.test", name=name.title(), exchange_account_type="graph",
             exchange_email=remote.email, **values)
         user.exchange_token_cache = cls.sign_in(remote.email)
+        if preview_seen:
+            user._exchange_mailbox().first_sync_pending = False
         return user, remote
 
     @classmethod
-    def connected_user(cls, kind, name, env=None, **values):
-        """A Graph or EWS user (``kind``) of the tenant whose connection is recorded: syncing may start."""
-        maker = cls.graph_user if kind == "graph" else cls.ews_user
-        user, remote = maker(env or cls.env, name, **values)
-        user._exchange_mark_connected(remote.email)
+    def connected_user(cls, kind, name, env=None, preview_seen=True, **values):
+        """A Graph or EWS user (``kind``) of the tenant whose connection is recorded: syncing may start.
+
+        ``preview_seen``: the user has confirmed the first-sync preview (the scheduled job syncs
+        the mailbox); False leaves the new mailbox waiting for its user, as after a real Connect.
+        """
+        if kind == "graph":
+            user, remote = cls.graph_user(env or cls.env, name, preview_seen=preview_seen, **values)
+        else:
+            user, remote = cls.ews_user(env or cls.env, name, **values)
+        mailbox = user._exchange_mark_connected(remote.email)
+        if preview_seen:
+            mailbox.first_sync_pending = False
         return user, remote
 
     @classmethod

@@ -81,7 +81,8 @@ class TestExchangeConnectionTest(ExchangeTenantMixin, TransactionCase):
         self.assertConnectionFails(self.carol, f"The certificate of {self.tenant.host} is not trusted")
         self.connect_without_browser(self.alice)
         self.env["ir.config_parameter"].sudo().set_param("exchange_connector.ca_bundle_path", False)
-        self.assertConnectionFails(self.alice, f"The certificate of {self.tenant.host} is not trusted")
+        self.assertConnectionFails(
+            self.alice, f"The Odoo server does not trust the certificate of {self.tenant.host}: an admin")
 
     def test_revoked_sign_in_asks_to_connect_again(self):
         self.connect_without_browser(self.alice)

@@ -1,5 +1,6 @@
 import json
 import threading
+import time
 from datetime import timedelta
 
 from odoo import SUPERUSER_ID, api, fields
@@ -10,6 +11,8 @@ from ..models.exchange_cockpit import COCKPIT_BUS_TYPE
 from .test_mail_import import MailImportMixin, mime
 
 DISCUSS_URL = "/odoo/discuss"
+#: Longer than the section's fallback re-read (BUSY_REFRESH_MS, 2 s) while the bus is down.
+QUIET_SECONDS = 2.5
 
 
 @tagged("post_install", "-at_install")
@@ -18,7 +21,8 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
 
     Each click only asks for its kind and triggers the job; a thread of the test waits for that
     trigger and runs the job in a cursor of its own, as a cron worker would, while the browser
-    keeps the page: the section must show the outcome without a reload.
+    keeps the page: the section must show the outcome without a reload, and (the page does not
+    poll while the bus is connected) it can only learn it over the bus.
     """
 
     @classmethod
@@ -33,17 +37,40 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
         cls.anna_b = Partner.create({"name": "Anna (private)", "email": "anna@dup.test"})
 
     def cron_worker(self):
-        """Run the scheduled job each time it is triggered, until :attr:`done` is set."""
+        """Run the scheduled job each time it is triggered, until :attr:`done` is set.
+
+        The job waits until the browser has read the section after the click (it shows the
+        request), then for longer than the section's fallback re-read, before it runs: the
+        outcome can only reach the page over the bus, and any read of the section during that
+        wait (a polling page) lands in :attr:`reads_while_waiting`.
+        """
         Cron = type(self.env["ir.cron"])
-        original = Cron._trigger
+        Mailbox = type(self.env["exchange.mailbox"])
+        original_trigger, original_read = Cron._trigger, Mailbox.exchange_cockpit
         triggered, self.done, self.cron_runs = threading.Event(), threading.Event(), []
         self.after_cron_run = lambda number: None
+        reads, trigger_reads, self.reads_while_waiting = [], [], []
 
         def trigger(cron, at=None):
-            result = original(cron, at)
+            result = original_trigger(cron, at)
             if self.cron in cron:
+                trigger_reads.append((len(reads), cron.env.cr))
                 triggered.set()
             return result
+
+        @api.model
+        def exchange_cockpit(model):
+            reads.append(model.env.cr)
+            return original_read(model)
+
+        def read_after_the_click():
+            start, click_cursor = trigger_reads[-1]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if any(cursor is not click_cursor for cursor in reads[start:]):
+                    return
+                time.sleep(0.05)
+            raise AssertionError("the section was not read again after the click")
 
         def work():
             while not self.done.is_set():
@@ -52,12 +79,17 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
                 triggered.clear()
                 if self.done.is_set():
                     return
+                read_after_the_click()
+                before = len(reads)
+                time.sleep(QUIET_SECONDS)
+                self.reads_while_waiting.extend(reads[before:])
                 with self.registry.cursor() as cr:
                     api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"]._cron_sync()
                 self.cron_runs.append(fields.Datetime.now())
                 self.after_cron_run(len(self.cron_runs))
 
         self.patch(Cron, "_trigger", trigger)
+        self.patch(Mailbox, "exchange_cockpit", exchange_cockpit)
         thread = threading.Thread(target=work, name="exchange-cockpit-cron", daemon=True)
         thread.start()
 
@@ -73,7 +105,9 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
         user._exchange_mailbox().write({
             "sync_requested": False, "next_sync": fields.Datetime.now() + timedelta(hours=1)})
         self.drop(remote, mime("Order", "Paula <paula@customer.test>", remote.email, "<order@c.test>"))
+        self.drop(remote, mime("Invoice", "Paula <paula@customer.test>", remote.email, "<invoice@c.test>"))
         self.drop(remote, mime("Question", "Anna <anna@dup.test>", remote.email, "<question@c.test>"))
+        self.drop(remote, mime("Follow-up", "Anna <anna@dup.test>", remote.email, "<follow-up@c.test>"))
         start = (fields.Datetime.now() + timedelta(days=2)).replace(microsecond=0)
         remote.add_event(subject="Review", start=start, end=start + timedelta(hours=1),
                          organizer=("Olga Outside", "olga@outside.example"),
@@ -88,6 +122,8 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
 
         self.start_tour(DISCUSS_URL, "exchange_connector_cockpit", login=user.login)
 
+        self.assertEqual(len(self.cron_runs), 4, "one run of the job per click")
+        self.assertEqual(self.reads_while_waiting, [], "the page did not poll: the bus brought the outcome")
         runs = self.env["exchange.sync.run"].search([("user_id", "=", user.id)], order="id")
         self.assertEqual(
             [(run.kind, run.trigger, run.state) for run in runs],
@@ -101,10 +137,22 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
         phases = [json.loads(note.message)["payload"] for note in notes]
         self.assertIn({"kind": "mails", "phase": "running"}, phases)
         self.assertIn({"kind": "contacts", "phase": "done"}, phases)
+        self.assertIn({"kind": False, "phase": "idle"}, phases)
+
+    def test_the_section_re_reads_itself_only_while_the_bus_is_down(self):
+        user, remote = self.connected_user("ews", "bettina")
+        user._exchange_mailbox().write({
+            "sync_requested": False, "next_sync": fields.Datetime.now() + timedelta(hours=1)})
+        self.drop(remote, mime("Order", "Paula <paula@customer.test>", remote.email, "<offline@c.test>"))
+        self.cron_worker()
+
+        self.start_tour(DISCUSS_URL, "exchange_connector_cockpit_bus_down", login=user.login)
+
+        self.assertEqual(len(self.cron_runs), 1)
+        self.assertTrue(self.reads_while_waiting, "without the bus, the section read itself on its own")
 
     def test_first_sync_waits_for_the_preview(self):
-        self.env["ir.config_parameter"].sudo().set_param("exchange_connector.first_sync_preview", "1")
-        user, remote = self.connected_user("ews", "fiona")
+        user, remote = self.connected_user("ews", "fiona", preview_seen=False)
         mailbox = user._exchange_mailbox()
         self.assertTrue(mailbox.first_sync_pending, "a newly connected mailbox waits for its user")
         self.drop(remote, mime("Order", "paula@customer.test", remote.email, "<first-order@c.test>"))
@@ -154,3 +202,11 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
         user.with_user(user).action_exchange_disconnect()
         self.assertEqual(user._exchange_mailbox().state, "not_connected")
         self.start_tour(DISCUSS_URL, "exchange_connector_cockpit_connect", login=user.login)
+
+    def test_office_365_sign_in_refused_leads_to_my_mailbox(self):
+        user, remote = self.graph_user(self.env, "olivia")
+        self.tenant.identity.revoke(remote.email)
+        for _attempt in range(3):
+            self.refused_sign_in(user)
+        self.assertEqual(user._exchange_mailbox().state, "auth_failed")
+        self.start_tour(DISCUSS_URL, "exchange_connector_cockpit_reconnect", login=user.login)

@@ -22,7 +22,8 @@ class TestDiscussSync(ExchangeTenantMixin, HttpCase):
         cls.cron = cls.env.ref("exchange_connector.ir_cron_exchange_sync")
 
     def connected_ews_user(self, name):
-        """An on-premises mailbox connected by a real Test connection, never synced yet.
+        """An on-premises mailbox connected by a real Test connection, never synced yet, past its
+        first-sync preview.
 
         The login is ``<name>.test``, also its password (``name`` of 5 letters or more).
         """
@@ -31,6 +32,7 @@ class TestDiscussSync(ExchangeTenantMixin, HttpCase):
         mailbox = user._exchange_mailbox()
         self.assertEqual(mailbox.state, "connected", mailbox.last_error)
         self.assertFalse(mailbox.last_sync_done)
+        mailbox.first_sync_pending = False  # the user has seen the first-sync preview
         return user, remote, mailbox
 
     def trigger_count(self):

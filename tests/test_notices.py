@@ -1,3 +1,5 @@
+import socket
+
 from odoo.exceptions import UserError
 from odoo.tests import TransactionCase, new_test_user, tagged
 
@@ -104,3 +106,53 @@ class TestNotices(ExchangeTenantMixin, TransactionCase):
         admin = new_test_user(self.env, login="sonja.admin", groups="base.group_system,base.group_user")
         for_admin = user.with_user(admin).action_exchange_test_connection()["params"]["message"]
         self.assertIn("of Sonja: they must correct them in their preferences", for_admin)
+
+    def test_certificate_and_unreachable_server_are_worded_for_their_reader(self):
+        admin = new_test_user(self.env, login="tess.admin", groups="base.group_system,base.group_user")
+        user, _remote = self.ews_user(self.env, "tess", exchange_ca_bundle=False)
+        mailbox = user._exchange_mailbox()
+        me = user.with_user(user)
+        host = self.tenant.host
+
+        def test_connection(who, on_tab):
+            answer = who.with_context(exchange_on_tab=on_tab).action_exchange_test_connection()
+            return answer["params"]["message"]
+
+        # The user on the tab: what to do, not where to go; never "reconnect".
+        self.assertEqual(test_connection(me, True),
+                         f"The certificate of {host} is not trusted: paste your company's CA certificate "
+                         "under Trusted CA certificates, then click Test connection.")
+        self.assertIn("under Trusted CA certificates in your preferences (My Preferences, tab Office 365 / "
+                      "Exchange)", test_connection(me, False), "elsewhere: sent to the tab")
+        # An administrator on the user's form: what that user must do, and where.
+        for_admin = test_connection(user.with_user(admin), True)
+        self.assertIn("not trusted for the mailbox of Tess: they must paste their company's CA certificate "
+                      "under Trusted CA certificates in their preferences", for_admin)
+        self.assertEqual(mailbox.last_error_kind, "ConnectionProblem:tls")
+        # The text stored by the administrator's test is worded again for each reader.
+        self.env.invalidate_all()
+        self.assertEqual(me.exchange_last_error, test_connection(me, True),
+                         "the user's tab does not show the administrator's wording")
+        self.assertIn("in your preferences", me.env["exchange.mailbox"].exchange_cockpit()["last_error"])
+        self.assertIn("they must paste", user.with_user(admin).exchange_last_error)
+
+        # A server that does not answer: the EWS URL to check, by whom.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed_port = probe.getsockname()[1]
+        user.exchange_ews_url = f"https://127.0.0.1:{closed_port}/EWS/Exchange.asmx"
+        self.assertEqual(test_connection(me, True),
+                         "127.0.0.1 could not be reached: check the EWS URL. If it is right, the server is "
+                         "down or the Odoo server cannot reach it: tell your Exchange administrator.")
+        self.assertIn("the Exchange server of Tess, could not be reached: they must check the EWS URL in "
+                      "their preferences", test_connection(user.with_user(admin), True))
+        for message in (test_connection(me, True), test_connection(me, False)):
+            self.assertNotIn("connect", message.lower(), "an Exchange user is never told to (re)connect")
+
+        # Office 365: Microsoft's address and certificate are the company's settings, not the user's.
+        graph_user, _remote = self.graph_user(self.env, "ursula")
+        self.env["ir.config_parameter"].sudo().set_param("exchange_connector.ca_bundle_path", False)
+        graph_message = test_connection(graph_user.with_user(graph_user), False)
+        self.assertIn("an administrator sets the CA bundle for Microsoft in Settings", graph_message)
+        self.assertNotIn("preferences", graph_message)
+        self.assertNotIn("Connect", graph_message)

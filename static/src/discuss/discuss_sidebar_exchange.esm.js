@@ -7,8 +7,10 @@ import { _t } from "@web/core/l10n/translation";
 import { user } from "@web/core/user";
 import { useService } from "@web/core/utils/hooks";
 
-/** Seconds between two reads of the section while a sync is asked for or running, should the bus be down. */
+/** Milliseconds between two reads of the section while a sync is pending and the bus is down. */
 const BUSY_REFRESH_MS = 2000;
+/** Events of the bus service after which notifications may have been missed: read the section again. */
+const BUS_BACK_EVENTS = ["BUS:CONNECT", "BUS:RECONNECT"];
 
 /**
  * "Office 365 / Exchange" section of the Discuss sidebar, the user's cockpit: the connection
@@ -19,8 +21,9 @@ const BUSY_REFRESH_MS = 2000;
  * A button only asks the server for a sync (exchange.mailbox.exchange_cockpit_request): the
  * scheduled job does the work in the background, never this request. The job tells the
  * user's tabs over the bus ("exchange_connector/cockpit") when a kind starts and ends, and the
- * section reads itself again; while something is pending it also re-reads every two seconds,
- * so that it never stays stale when the bus is unavailable.
+ * section reads itself again. Only while the bus is not connected does a pending sync make it
+ * re-read itself every two seconds instead (and once more when the bus is back), so that it
+ * never stays stale; a connected bus is the only way the outcome arrives.
  */
 export class DiscussSidebarExchange extends Component {
     static template = "exchange_connector.DiscussSidebarExchange";
@@ -32,15 +35,44 @@ export class DiscussSidebarExchange extends Component {
         this.action = useService("action");
         this.busService = useService("bus_service");
         this.store = useService("mail.store");
-        this.state = useState({ summary: { configured: false }, requesting: false, preview: null });
+        this.state = useState({
+            summary: { configured: false },
+            requesting: false,
+            preview: null,
+            // Whether the bus is connected, i.e. the job's notifications reach this tab. Followed
+            // through the events: a stopped bus (the browser went offline) says "disconnect"
+            // without changing its worker's state.
+            live: this.busService.workerState === "CONNECTED",
+        });
         this.refreshTimer = null;
         this.onBusNotification = () => this.loadSummary();
+        this.onBusBack = () => {
+            this.state.live = true;
+            this.loadSummary();
+        };
+        this.onBusDown = () => {
+            this.state.live = false;
+            if (this.isBusy) {
+                this.loadSummary(); // starts the fallback re-reads
+            }
+        };
+        this.onWorkerState = ({ detail }) => (this.state.live = detail === "CONNECTED");
         this.busService.subscribe("exchange_connector/cockpit", this.onBusNotification);
+        for (const event of BUS_BACK_EVENTS) {
+            this.busService.addEventListener(event, this.onBusBack);
+        }
+        this.busService.addEventListener("BUS:DISCONNECT", this.onBusDown);
+        this.busService.addEventListener("BUS:WORKER_STATE_UPDATED", this.onWorkerState);
         // Awaited, so that the sidebar appears with the entry (or without it) at once, not
         // with an entry popping in later.
         onWillStart(() => this.loadSummary());
         onWillUnmount(() => {
             this.busService.unsubscribe("exchange_connector/cockpit", this.onBusNotification);
+            for (const event of BUS_BACK_EVENTS) {
+                this.busService.removeEventListener(event, this.onBusBack);
+            }
+            this.busService.removeEventListener("BUS:DISCONNECT", this.onBusDown);
+            this.busService.removeEventListener("BUS:WORKER_STATE_UPDATED", this.onWorkerState);
             clearTimeout(this.refreshTimer);
         });
     }
@@ -65,7 +97,7 @@ export class DiscussSidebarExchange extends Component {
             this.loadPreview();
         }
         clearTimeout(this.refreshTimer); // another read may have ended meanwhile
-        if (this.isBusy) {
+        if (this.isBusy && !this.isLive) {
             this.refreshTimer = setTimeout(() => this.loadSummary(), BUSY_REFRESH_MS);
         }
     }
@@ -95,6 +127,10 @@ export class DiscussSidebarExchange extends Component {
         return Boolean(
             summary.sync_requested || (summary.kinds || []).some((kind) => kind.requested || kind.running)
         );
+    }
+
+    get isLive() {
+        return this.state.live;
     }
 
     get canSync() {
@@ -185,9 +221,9 @@ export class DiscussSidebarExchange extends Component {
     }
 
     async onClickPreferences() {
-        // As the user menu opens "My Preferences"; the page reloads once they are saved.
-        const preferences = await this.orm.call("res.users", "action_get");
-        preferences.res_id = user.userId;
+        // "My Preferences" as the user menu opens them, on the Office 365 / Exchange tab (my
+        // mailbox); the page reloads once they are saved.
+        const preferences = await this.orm.call("exchange.mailbox", "exchange_cockpit_my_mailbox");
         return this.action.doAction(preferences, {
             onClose: () => {
                 this.state.preview = null; // the settings may have changed what the first sync does

@@ -6,9 +6,9 @@ const kind = (name) => `${ENTRY} .o-exchange-DiscussSidebarSync-kind[data-kind=$
 
 /**
  * The Discuss cockpit of a connected on-premises mailbox: each button asks for its kind, the
- * scheduled job (run by the test when the click triggers it) does the work, and the section
- * shows the outcome without a reload; the count of mails waiting for a partner opens the
- * assignment wizard.
+ * scheduled job (run by the test a while after the click triggers it) does the work, and the
+ * section shows the outcome without a reload and without polling, over the bus; the count of
+ * mails waiting for a partner opens the assignment wizard.
  */
 tours.add("exchange_connector_cockpit", {
     steps: () => [
@@ -17,17 +17,25 @@ tours.add("exchange_connector_cockpit", {
             trigger: `${ENTRY} .o-exchange-DiscussSidebarSync-mailbox:contains('Connected as cora@contoso.test')`,
         },
         {
+            content: "The section is live: the bus is connected, nothing re-reads it on a timer",
+            trigger: `${ENTRY}[data-live=true]`,
+        },
+        {
             content: "Fetch mails",
             trigger: `${kind("mails")} button[name=exchange_fetch_mails]:enabled`,
             run: "click",
         },
         {
-            content: "The mails imported in the background appear, with the one waiting for a partner",
-            trigger: `${kind("mails")} .o-exchange-DiscussSidebarSync-kindStatus:contains('1 mails imported, 1 waiting for you')`,
+            content: "The click only asked: the section shows the request, the job has not run yet",
+            trigger: `${kind("mails")} .o-exchange-DiscussSidebarSync-kindStatus:contains('Requested')`,
+        },
+        {
+            content: "The job ran in the background, and the bus brought its outcome: mails imported, two waiting for a partner",
+            trigger: `${kind("mails")} .o-exchange-DiscussSidebarSync-kindStatus:contains('2 mails imported, 2 waiting for you')`,
         },
         {
             content: "The count of mails waiting for a partner choice opens the assignment wizard",
-            trigger: `${ENTRY} a[name=exchange_waiting]:contains('1 mail waits for a partner choice')`,
+            trigger: `${ENTRY} a[name=exchange_waiting]:contains('2 mails wait for a partner choice')`,
             run: "click",
         },
         {
@@ -64,7 +72,7 @@ tours.add("exchange_connector_cockpit", {
         },
         {
             content: "The new mail of the second run appears, and the section is idle again",
-            trigger: `${ENTRY}:not(:has(.fa-spin)) .o-exchange-DiscussSidebarSync-kind[data-kind=mails] .o-exchange-DiscussSidebarSync-kindStatus:contains('1 mails imported')` +
+            trigger: `${ENTRY}:not(:has(.fa-spin)) .o-exchange-DiscussSidebarSync-kind[data-kind=mails] .o-exchange-DiscussSidebarSync-kindStatus:contains('1 mail imported')` +
                 `:not(:contains('waiting'))`,
         },
         {
@@ -112,6 +120,46 @@ tours.add("exchange_connector_cockpit_connect", {
             content: "Connect is the one button offered",
             trigger: `${ENTRY}:not(:has(.o-exchange-DiscussSidebarSync-kind)):not(:has(button[name=exchange_sync_now]:enabled))` +
                 ` .o-exchange-DiscussSidebarSync-status:contains('Not connected') button[name=exchange_connect]`,
+        },
+    ],
+});
+
+/** An Office 365 mailbox whose sign-in Microsoft refused: "connect again" leads to my mailbox. */
+tours.add("exchange_connector_cockpit_reconnect", {
+    steps: () => [
+        {
+            content: "The section says what is wrong, with nothing to sync",
+            trigger: `${ENTRY}:not(:has(button[name=exchange_sync_now]:enabled)) a[name=exchange_reconnect]` +
+                `:contains('Sign-in refused — connect again in my mailbox')`,
+            run: "click",
+        },
+        {
+            content: "My Preferences open on the Office 365 / Exchange tab, with Connect",
+            trigger: ".modal:has(a[role=tab].active:contains('Office 365 / Exchange')) button[name=action_exchange_connect]",
+        },
+    ],
+});
+
+/** The bus drops (the browser goes offline): the section falls back to reading itself. */
+tours.add("exchange_connector_cockpit_bus_down", {
+    steps: () => [
+        {
+            content: "The section is live",
+            trigger: `${ENTRY}[data-live=true]`,
+            run: () => window.dispatchEvent(new Event("offline")),
+        },
+        {
+            content: "The bus is down",
+            trigger: `${ENTRY}[data-live=false]`,
+        },
+        {
+            content: "Fetch mails",
+            trigger: `${kind("mails")} button[name=exchange_fetch_mails]:enabled`,
+            run: "click",
+        },
+        {
+            content: "The outcome arrives all the same, read by the section itself",
+            trigger: `${kind("mails")} .o-exchange-DiscussSidebarSync-kindStatus:contains('1 mail imported')`,
         },
     ],
 });

@@ -65,9 +65,8 @@ tours.add("exchange_connector_discuss_locked", {
             run: "click",
         },
         {
-            content: "My Preferences opens: go to the Office 365 / Exchange tab",
-            trigger: ".modal a[role=tab]:contains('Office 365 / Exchange')",
-            run: "click",
+            content: "My Preferences open on the Office 365 / Exchange tab (my mailbox)",
+            trigger: ".modal a[role=tab].active:contains('Office 365 / Exchange')",
         },
         {
             content: "Test connection is offered, Sync now is not",
