@@ -38,6 +38,9 @@ class Knobs:
     # Graph's iCalUId of the occurrences and exceptions of a series: "per_occurrence" as the v1.0
     # documentation says (each differs), or "shared" (the series' one), as some mailboxes answer.
     occurrence_ical_uid: str = "per_occurrence"
+    # A mail source (Graph GET .../$value) announced whole but cut off after this many bytes: the
+    # connection is closed in the middle of the body, as a dropped link does. None: sent whole.
+    cut_mime_after_bytes: Optional[int] = None
     seed: Optional[int] = None  # random seed for reproducible storms
 
 
