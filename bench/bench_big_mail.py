@@ -144,7 +144,7 @@ def parent(args):
                 created.append(user.id)
             cr.commit()
         print(f"one mail with a {args.big_mail_mb} MB attachment, imported alone in a child process")
-        print("backend | RSS before | peak RSS over it | Python allocations peak | seconds | attachment")
+        print("backend | RSS before | peak RSS over it | Python allocations peak | seconds | attachment | fetched by")
         for number, (kind, (login, remote, folder)) in enumerate(users.items()):
             mime, digest = big_mime(number, args.big_mail_mb)
             process = subprocess.Popen(
@@ -152,6 +152,7 @@ def parent(args):
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )
             result = None
+            started = time.time()
             for line in process.stdout:
                 if line.startswith("DROP"):
                     remote.add_message(folder.id, mime)
@@ -163,14 +164,19 @@ def parent(args):
                 else:
                     print(line, end="")
             process.wait()
+            fetches = [e for e in tenant.request_log.entries
+                       if e.get("ts", 0) >= started and ("$value" in e["path"] or "$batch" in e["path"]
+                                                          or e.get("operation") == "GetItem")]
             if not result:
                 print(f"{kind}: the child failed ({process.returncode})")
                 continue
             baseline, peak, traced, exact, seconds, got, size = result[1:]
             same = "byte-identical" if got == digest else f"DIFFERENT ({size} bytes)"
+            how = ", ".join(sorted({"GET $value" if "$value" in e["path"] else
+                                    "$batch" if "$batch" in e["path"] else "GetItem" for e in fetches}))
             over = (int(peak) - int(baseline)) / 1024
             print(f"{kind:7} | {int(baseline) / 1024:7.0f} MiB | {over:7.0f} MiB{'' if exact == '1' else ' (*)'} "
-                  f"| {int(traced) / 1048576:7.0f} MiB | {seconds} | {same}")
+                  f"| {int(traced) / 1048576:7.0f} MiB | {seconds} | {same} | {how}")
     finally:
         tenant.stop()
         if created:
