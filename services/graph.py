@@ -54,6 +54,7 @@ from .backend import (
 from .contact_mapping import MARKER_GRAPH_ID, split_street, street_lines
 from .errors import (
     AuthenticationError,
+    ConnectionProblem,
     ExchangeError,
     FolderNotFound,
     ItemNotFound,
@@ -666,7 +667,18 @@ class GraphBackend(MailboxBackend):
             with response:
                 for chunk in response.iter_content(STREAM_CHUNK):
                     spool.write(chunk)
+            # urllib3 1.x does not check that the body is as long as announced: a connection
+            # closed in the middle would otherwise look like a complete (truncated) source.
+            announced = response.headers.get("Content-Length")
+            received = spool.tell()
+            if announced and not response.headers.get("Content-Encoding") and received != int(announced):
+                raise ConnectionProblem(
+                    f"The connection to Microsoft Graph broke after {received} of the {announced} bytes "
+                    "of a mail's source.", kind="refused", transient=True, code="IncompleteRead")
             spool.seek(0)
+        except ConnectionProblem:
+            spool.close()
+            raise
         except (requests.exceptions.RequestException, OSError) as exc:
             spool.close()
             problem = connection_problem(exc, self.graph_url)

@@ -27,3 +27,4 @@ from . import test_screens_tour
 from . import test_discuss_cockpit
 from . import test_first_sync_preview
 from . import test_mail_runs
+from . import test_mail_big
