@@ -337,7 +337,7 @@ class ExchangeMail(models.Model):
     def _exchange_source(self):
         """The stored MIME source as bytes (read from its attachment: no base64 on the way)."""
         self.ensure_one()
-        stored = self.env["ir.attachment"].sudo().search([
+        stored = self.env["ir.attachment"].sudo().with_context(bin_size=False).search([
             ("res_model", "=", self._name), ("res_field", "=", "mime"), ("res_id", "=", self.id),
         ], limit=1)
         return stored.raw or b""
