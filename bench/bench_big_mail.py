@@ -144,7 +144,8 @@ def parent(args):
                 created.append(user.id)
             cr.commit()
         print(f"one mail with a {args.big_mail_mb} MB attachment, imported alone in a child process")
-        print("backend | RSS before | peak RSS over it | Python allocations peak | seconds | attachment | fetched by")
+        print("backend | RSS before | peak RSS over it | Python allocations peak | seconds | attachment | "
+              "fetched by")
         for number, (kind, (login, remote, folder)) in enumerate(users.items()):
             mime, digest = big_mime(number, args.big_mail_mb)
             process = subprocess.Popen(
@@ -155,6 +156,7 @@ def parent(args):
             started = time.time()
             for line in process.stdout:
                 if line.startswith("DROP"):
+                    started = time.time()
                     remote.add_message(folder.id, mime)
                     del mime
                     process.stdin.write("go\n")
@@ -175,7 +177,9 @@ def parent(args):
             how = ", ".join(sorted({"GET $value" if "$value" in e["path"] else
                                     "$batch" if "$batch" in e["path"] else "GetItem" for e in fetches}))
             over = (int(peak) - int(baseline)) / 1024
-            print(f"{kind:7} | {int(baseline) / 1024:7.0f} MiB | {over:7.0f} MiB{'' if exact == '1' else ' (*)'} "
+            # (*): the kernel could not restart the peak; it may then be the warm-up's.
+            mark = "" if exact == "1" else " (*)"
+            print(f"{kind:7} | {int(baseline) / 1024:7.0f} MiB | {over:7.0f} MiB{mark} "
                   f"| {int(traced) / 1048576:7.0f} MiB | {seconds} | {same} | {how}")
     finally:
         tenant.stop()

@@ -1,4 +1,3 @@
-import base64
 import email
 import email.policy
 import io
@@ -10,7 +9,6 @@ from odoo import api, fields, models
 from odoo.tools import clean_context, html2plaintext
 
 from ..services.addresses import parse_address_header
-from ..services.mime_spool import SpooledPart, spool_large_parts, spooled_content
 from ..services.mail_content import (
     clean_message_id,
     content_key,
@@ -18,6 +16,7 @@ from ..services.mail_content import (
     strip_remote_content,
     thread_references,
 )
+from ..services.mime_spool import SpooledPart, spool_large_parts, spooled_content
 
 MAIL_STATES = [
     ("queued", "Waiting for a partner"),
@@ -109,7 +108,8 @@ class ExchangeMail(models.Model):
         parsed["spooled"] = spooled
         if spooled and spooled.parts:
             parsed["attachments"] = [
-                attachment._replace(content=spooled_content(attachment.content, spooled.parts) or attachment.content)
+                attachment._replace(
+                    content=spooled_content(attachment.content, spooled.parts) or attachment.content)
                 for attachment in parsed.get("attachments") or []
             ]
         return parsed
