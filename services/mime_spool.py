@@ -77,6 +77,19 @@ class _Lines:
         self._next = None
         return line
 
+    def until_boundary(self, boundaries):
+        """Yield the lines up to (not including) the next delimiter of ``boundaries``, fast."""
+        if self._next is not None:
+            if self._next == b"" or _boundary_of(self._next, boundaries):
+                return
+            yield self.take()
+        for line in self._iter:
+            if line[:2] == b"--" and _boundary_of(line, boundaries):
+                self._next = line
+                return
+            yield line
+        self._next = b""
+
 
 def _boundary_of(line, boundaries):
     """``(boundary, closing)`` when ``line`` is a delimiter of one of ``boundaries``, else None."""
@@ -170,22 +183,20 @@ def _spool_body(lines, out, boundaries, source, threshold, headers):
             spool.write(decoded)
             size += len(decoded)
 
-    while True:
-        line = lines.peek()
-        if not line or _boundary_of(line, boundaries):
+    body = lines.until_boundary(boundaries)
+    for line in body:
+        kept.append(line)
+        kept_size += len(line)
+        if kept_size * 3 // 4 > threshold:
+            spool = new_spool()
+            batch, kept = kept, []
             break
-        line = lines.take()
-        if spool is None:
-            kept.append(line)
-            kept_size += len(line)
-            if kept_size * 3 // 4 > threshold:
-                spool = new_spool()
-                batch, kept = kept, []
-        else:
+    if spool is not None:
+        for line in body:
             batch.append(line)
-        if spool is not None and len(batch) >= _LINES_PER_WRITE:
-            decode(b"".join(batch))
-            batch = []
+            if len(batch) >= _LINES_PER_WRITE:
+                decode(b"".join(batch))
+                batch = []
     if spool is None:
         out.extend(kept)
         return
