@@ -5,8 +5,9 @@ import io
 import random
 
 import pytest
+import requests
 
-from services.errors import ConnectionProblem
+from services.errors import ConnectionProblem, ItemNotFound
 from services.mime_spool import MARKER_PREFIX, spool_large_parts, spooled_content
 
 from .test_backend_contract import drain, transfer_folder
@@ -28,7 +29,7 @@ def big_source(content, extra_parts=b""):
     )
 
 
-def test_listing_gives_size_and_source_streams_into_a_file(make_backend, mailbox, kind):
+def test_listing_gives_size_and_source_streams_into_a_file(make_backend, mailbox, kind, tenant):
     content = random.Random(1).randbytes(BIG)
     source = big_source(content)
     mailbox.add_message(transfer_folder(mailbox).id, source)
@@ -36,8 +37,30 @@ def test_listing_gives_size_and_source_streams_into_a_file(make_backend, mailbox
     _pages, messages, _removed = drain(backend, backend.find_folder("Inbox/Transfer In"))
     item = messages["<big@example.com>"]
     assert item.size is not None and item.size >= len(source) * 0.9
+    tenant.request_log.clear()
     with backend.get_mime_file(item.id) as spool:
         assert spool.read() == source
+    answered = [entry for entry in tenant.request_log.entries if entry["status"] == 200]
+    assert len(answered) == 1, "one request (EWS: the streamed GetItem, not exchangelib's again)"
+    with pytest.raises(ItemNotFound):
+        backend.get_mime_file(item.id[:-4] + ("AAAA" if not item.id.endswith("AAAA") else "BBBB"))
+
+
+def test_ews_answer_cut_mid_stream_raises(make_ews_backend, mailbox, monkeypatch):
+    mailbox.add_message(transfer_folder(mailbox).id, big_source(b"x" * BIG))
+    backend = make_ews_backend(mailbox)
+    _pages, messages, _removed = drain(backend, backend.find_folder("Inbox/Transfer In"))
+    original = requests.Response.iter_content
+
+    def cut(response, chunk_size=1, decode_unicode=False):
+        for number, chunk in enumerate(original(response, chunk_size, decode_unicode)):
+            if number == 2:
+                return  # the connection ends here, as urllib3 1.x reports a short body: quietly
+            yield chunk
+
+    monkeypatch.setattr(requests.Response, "iter_content", cut)
+    with pytest.raises(ConnectionProblem):
+        backend.get_mime_file(messages["<big@example.com>"].id)
 
 
 def test_graph_connection_cut_mid_stream_raises(make_graph_backend, mailbox, tenant):
