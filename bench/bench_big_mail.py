@@ -170,7 +170,8 @@ def parent(args):
             process.wait()
             fetches = [e for e in tenant.request_log.entries
                        if e.get("ts", 0) >= started and not e.get("batch_item") and e["status"] != 401
-                       and ("$value" in e["path"] or "$batch" in e["path"] or e.get("operation") == "GetItem")]
+                       and ("$value" in e["path"] or "$batch" in e["path"]
+                            or e.get("operation") == "GetItem")]
             if not result:
                 print(f"{kind}: the child failed ({process.returncode})")
                 continue
