@@ -12,7 +12,6 @@ import datetime
 import json
 import random
 import re
-import socket
 import threading
 import time
 import urllib.parse
@@ -24,7 +23,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import graph_render as render
 from .graph_delta import DeltaTokens, SyncStateError
-from .knobs import Refused
+from .knobs import Refused, cut_body
 from .store import is_well_formed_id, occurrence_ical_uid
 
 UTC = datetime.timezone.utc
@@ -309,20 +308,12 @@ class GraphApp:
 
     def _cut_response(self, environ, start_response, call, answer, cut_after):
         """Announce the whole body, send ``cut_after`` bytes of it, then drop the connection."""
-        body, sent = answer.body, answer.body[:cut_after]
+        body = answer.body
         answer.body = b""
         response = self._response(call, answer)
         response.headers["Content-Length"] = str(len(body))
         start_response(response.status, list(response.headers.items()))
-        connection = environ.get("werkzeug.socket")
-
-        def cut():
-            yield sent
-            if connection is not None:
-                connection.shutdown(socket.SHUT_RDWR)
-            raise ConnectionAbortedError("the simulator cut the body (knob cut_mime_after_bytes)")
-
-        return cut()
+        return cut_body(environ, body, cut_after)
 
     # -- HTTP in and out
     def _call_from_request(self, request):

@@ -94,7 +94,13 @@ class TestBigMailImport(MailImportMixin, ConfiguredTenantMixin, TransactionCase)
         self.check_size_limit("ews")
 
     def test_graph_connection_broken_mid_stream_loses_nothing(self):
-        user, remote = self.connected_user("graph", "bigcut")
+        self.check_connection_broken("graph")
+
+    def test_ews_connection_broken_mid_stream_loses_nothing(self):
+        self.check_connection_broken("ews")
+
+    def check_connection_broken(self, kind):
+        user, remote = self.connected_user(kind, f"bigcut{kind}")
         self.big_mail(remote, 4)
         self.drop(remote, mime("Small", "rita@customer.test", remote.email, "<small-cut@customer.test>"))
         self.tenant.knobs.set(remote.email, cut_mime_after_bytes=BIG // 2)
