@@ -436,11 +436,13 @@ class GraphBackend(MailboxBackend):
 
     def _request(
         self, method, path, json_body=None, prefer=(), not_found=ItemNotFound, raw=False, idempotent=None,
-        stream=False,
+        consume=None,
     ):
         """Send one request with retries; return the parsed JSON (or the response when ``raw``).
 
-        ``stream`` (with ``raw``) leaves the body on the connection for the caller to read.
+        ``consume(response)`` reads a successful answer's body as it arrives, within the
+        request's slot of the mailbox (a body being received is a request in flight); what it
+        returns is returned.
 
         ``idempotent`` (default: by method, POST is not) decides what is
         retried: a request that may have reached Microsoft (read timeout,
@@ -463,8 +465,11 @@ class GraphBackend(MailboxBackend):
             try:
                 with mailbox_slot(self.account_email):
                     response = self.session.request(
-                        method, url, json=json_body, headers=headers, timeout=self.timeout, stream=stream
+                        method, url, json=json_body, headers=headers, timeout=self.timeout,
+                        stream=consume is not None,
                     )
+                    if consume is not None and response.status_code < 400:
+                        return (consume(response),)
             except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
                 problem = connection_problem(exc, self.graph_url)
                 if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -530,6 +535,8 @@ class GraphBackend(MailboxBackend):
             )
 
         response = self.retry_policy.call(attempt, budget=self.budget, what=what)
+        if consume is not None:
+            return response[0]
         if raw:
             return response
         if response.status_code == 204 or not response.content:
@@ -660,8 +667,9 @@ class GraphBackend(MailboxBackend):
         A connection that breaks in the middle raises :class:`~services.errors.ConnectionProblem`
         (nothing of the source is returned): the message stays to be fetched by the next run.
         """
-        path = f"/messages/{_url_id(message_id)}/$value"
-        response = self._request("GET", path, raw=True, stream=True)
+        return self._request("GET", f"/messages/{_url_id(message_id)}/$value", consume=self._spool_body)
+
+    def _spool_body(self, response):
         spool = new_spool()
         try:
             with response:
