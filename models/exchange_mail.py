@@ -331,7 +331,8 @@ class ExchangeMail(models.Model):
 
     def action_retry(self):
         """Try parked mails again at the next sync."""
-        parked = self.filtered(lambda mail: mail.state == "parked" and mail.mime)
+        # bin_size: whether a mail has its source is asked, not the source itself.
+        parked = self.with_context(bin_size=True).filtered(lambda mail: mail.state == "parked" and mail.mime)
         parked.write({"state": "failed", "tries": 0})
 
     def _exchange_source(self):
