@@ -143,3 +143,20 @@ class TestBigMailImport(MailImportMixin, ConfiguredTenantMixin, TransactionCase)
         self.assertEqual(waiting.state, "posted")
         self.assertEqual(self.posted("Plans 7").attachment_ids.raw, self.content)
         self.assertFalse(waiting.with_context(bin_size=True).mime, "the source is dropped once posted")
+
+    def test_big_mail_failing_keeps_its_source_for_the_retry(self):
+        user, remote = self.connected_user("graph", "bigfail")
+        source = attachment_mail("Poison", "<poison-big@customer.test>", "plans8.pdf", self.content,
+                                 "application/pdf")
+        self.drop(remote, source)
+        with self.poisoned(), mute_logger(IMPORT_LOGGER):
+            self.sync_mails(user)
+        failed = self.mails_of(user, state="failed")
+        self.assertEqual(len(failed), 1)
+        self.assertEqual(failed._exchange_source(), source, "stored from the streamed file, as it came")
+        self.tenant.request_log.clear()
+        self.sync_mails(user)
+        self.assertEqual(failed.state, "posted")
+        self.assertEqual(self.posted("Poison").attachment_ids.raw, self.content)
+        streamed, batches = self.fetches(remote)
+        self.assertFalse(streamed or batches, "the retry reads the stored source")
