@@ -183,7 +183,8 @@ def parent(args):
             # (*): the kernel could not restart the peak; it may then be the warm-up's.
             mark = "" if exact == "1" else " (*)"
             print(f"{kind:7} | {int(baseline) / 1024:7.0f} MiB | {over:7.0f} MiB{mark} "
-                  f"| {int(traced) / 1048576:7.0f} MiB | {seconds} | {same} | {how}")
+                  f"| {'not traced' if args.no_tracemalloc else f'{int(traced) / 1048576:7.0f} MiB'} "
+                  f"| {seconds} | {same} | {how}")
     finally:
         tenant.stop()
         if created:
