@@ -91,7 +91,8 @@ class ExchangeMail(models.Model):
         ``mime`` is bytes or a binary file. A file, or a source above :data:`STREAM_BYTES`, is
         parsed without its big attachments: they are decoded to files of their own as the source
         is read, and appear among ``attachments`` as :class:`~services.mime_spool.SpooledPart`
-        contents; ``parsed["spooled"]`` holds them (close it when done).
+        contents; ``parsed["spooled"]`` holds them (close it when done, else their temporary
+        files go when it is garbage-collected).
         """
         spooled = None
         if not isinstance(mime, bytes) or len(mime) > STREAM_BYTES:
@@ -287,13 +288,6 @@ class ExchangeMail(models.Model):
         """Post this waiting mail on ``partners`` (the assignment wizard's choice)."""
         self.ensure_one()
         parsed = self._exchange_parse(self._exchange_source())
-        try:
-            self._exchange_post_parsed_on(parsed, partners)
-        finally:
-            if parsed["spooled"]:
-                parsed["spooled"].close()
-
-    def _exchange_post_parsed_on(self, parsed, partners):
         if self.folder_kind == "out":
             author = self.user_id.partner_id
         else:
