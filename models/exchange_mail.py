@@ -1,6 +1,6 @@
-import base64
 import email
 import email.policy
+import io
 from collections import defaultdict
 
 from markupsafe import Markup, escape
@@ -16,6 +16,7 @@ from ..services.mail_content import (
     strip_remote_content,
     thread_references,
 )
+from ..services.mime_spool import SpooledPart, spool_large_parts, spooled_content
 
 MAIL_STATES = [
     ("queued", "Waiting for a partner"),
@@ -28,6 +29,9 @@ MAIL_STATES = [
 MAX_TRIES = 3
 DEFAULT_ATTACHMENT_LIMIT_MB = 25
 PREVIEW_CHARS = 600
+#: Mail sources above this size are read from a file, their big attachments spooled to files of
+#: their own before parsing (``services.mime_spool``) and stored without passing through base64.
+STREAM_BYTES = 4 * 1024 * 1024
 
 
 class ExchangeMail(models.Model):
@@ -82,7 +86,37 @@ class ExchangeMail(models.Model):
 
     @api.model
     def _exchange_parse(self, mime):
-        """Odoo's own parse of ``mime`` plus what routing needs: a dict (``mail.thread.message_parse``)."""
+        """Odoo's own parse of ``mime`` plus what routing needs: a dict (``mail.thread.message_parse``).
+
+        ``mime`` is bytes or a binary file. A file, or a source above :data:`STREAM_BYTES`, is
+        parsed without its big attachments: they are decoded to files of their own as the source
+        is read, and appear among ``attachments`` as :class:`~services.mime_spool.SpooledPart`
+        contents; ``parsed["spooled"]`` holds them (close it when done, else their temporary
+        files go when it is garbage-collected).
+        """
+        spooled = None
+        if not isinstance(mime, bytes) or len(mime) > STREAM_BYTES:
+            fp = io.BytesIO(mime) if isinstance(mime, bytes) else mime
+            fp.seek(0)
+            spooled = spool_large_parts(fp)
+            mime = spooled.skeleton
+        try:
+            parsed = self._exchange_parse_bytes(mime)
+        except BaseException:
+            if spooled:
+                spooled.close()
+            raise
+        parsed["spooled"] = spooled
+        if spooled and spooled.parts:
+            parsed["attachments"] = [
+                attachment._replace(
+                    content=spooled_content(attachment.content, spooled.parts) or attachment.content)
+                for attachment in parsed.get("attachments") or []
+            ]
+        return parsed
+
+    @api.model
+    def _exchange_parse_bytes(self, mime):
         message = email.message_from_bytes(mime, policy=email.policy.SMTP)
         repair_charsets(message)
         parsed = self.env["mail.thread"].message_parse(message)
@@ -178,17 +212,20 @@ class ExchangeMail(models.Model):
             notes.append(self.env._(
                 "%(count)s remote images or references (trackers) were removed.", count=removed))
         limit = self._exchange_attachment_limit(user)
-        attachments = []
+        attachments, spooled = [], []
         for attachment in parsed.get("attachments") or []:
             content = attachment.content
-            size = len(content) if isinstance(content, (bytes, str)) else 0
+            if isinstance(content, SpooledPart):
+                size = content.size  # known before a byte of it is read into memory
+            else:
+                size = len(content) if isinstance(content, (bytes, str)) else 0
             if size > limit:
                 notes.append(self.env._(
                     "The attachment %(name)s (%(size).1f MB) was not imported: it is larger than the "
                     "limit of %(limit)s MB.", name=attachment.fname, size=size / 1048576,
                     limit=limit // 1048576))
                 continue
-            attachments.append(attachment)
+            (spooled if isinstance(content, SpooledPart) else attachments).append(attachment)
             if attachment.fname and attachment.fname.lower() == "winmail.dat":
                 notes.append(self.env._(
                     "winmail.dat holds Outlook rich text (TNEF) that Odoo cannot show; it is attached as "
@@ -217,6 +254,20 @@ class ExchangeMail(models.Model):
             # Creates the attachments on the document and points the body's cid: images at them.
             thread = self.env["mail.thread"].sudo()
             values.update(thread._process_attachments_for_post(attachments, [], values))
+        if spooled:
+            # Odoo's post helper would base64-encode the bytes and decode them again: a big
+            # attachment goes to the filestore from its file, read once.
+            created = self.env["ir.attachment"].sudo().create([{
+                "name": attachment.fname or "attachment",
+                "description": attachment.fname or "attachment",
+                "type": "binary",
+                "raw": attachment.content.read(),
+                "mimetype": attachment.content.content_type,
+                "res_model": model,
+                "res_id": res_id,
+            } for attachment in spooled])
+            values["attachment_ids"] = list(values.get("attachment_ids") or []) + [
+                (4, attachment_id) for attachment_id in created.ids]
         return values
 
     @api.model
@@ -274,10 +325,23 @@ class ExchangeMail(models.Model):
 
     def action_retry(self):
         """Try parked mails again at the next sync."""
-        parked = self.filtered(lambda mail: mail.state == "parked" and mail.mime)
+        # bin_size: whether a mail has its source is asked, not the source itself.
+        parked = self.with_context(bin_size=True).filtered(lambda mail: mail.state == "parked" and mail.mime)
         parked.write({"state": "failed", "tries": 0})
 
     def _exchange_source(self):
-        """The stored MIME source as bytes."""
+        """The stored MIME source as bytes (read from its attachment: no base64 on the way)."""
         self.ensure_one()
-        return base64.b64decode(self.with_context(bin_size=False).mime or b"")
+        stored = self.env["ir.attachment"].sudo().with_context(bin_size=False).search([
+            ("res_model", "=", self._name), ("res_field", "=", "mime"), ("res_id", "=", self.id),
+        ], limit=1)
+        return stored.raw or b""
+
+    def _exchange_store_mime(self, source):
+        """Store the MIME source read from the binary file ``source`` (a big mail) as ``mime``."""
+        self.ensure_one()
+        source.seek(0)
+        self.env["ir.attachment"].sudo().create({
+            "name": "mime", "type": "binary", "raw": source.read(), "mimetype": "message/rfc822",
+            "res_model": self._name, "res_field": "mime", "res_id": self.id,
+        })

@@ -8,9 +8,9 @@ from odoo import Command, fields, models
 
 from ..services import ExchangeError
 from ..services.addresses import parse_address_header
-from ..services.backend import RemoteMessage
+from ..services.backend import MAILBOX_WIDE_ERRORS, RemoteMessage
 from ..services.errors import ItemNotFound
-from .exchange_mail import MAX_TRIES
+from .exchange_mail import MAX_TRIES, STREAM_BYTES
 from .exchange_mailbox import PendingRun
 
 _logger = logging.getLogger(__name__)
@@ -92,6 +92,25 @@ class ExchangeMailbox(models.Model):
         if to_delete:
             to_delete.filtered(lambda mail: not mail.delete_pending).write({"delete_pending": True})
         skipped = len(items) - len(fresh)
+        # A big mail (its size known from the listing) is fetched alone, streamed into a file,
+        # and imported alone: a page never holds several of them, nor one twice in memory.
+        big = [item for item in fresh if (item.size or 0) > STREAM_BYTES]
+        for item in big:
+            try:
+                source = backend.get_mime_file(item.id)
+            except ItemNotFound:
+                skipped += 1  # gone meanwhile: the listing reports it removed
+                continue
+            except ExchangeError as error:
+                if isinstance(error, MAILBOX_WIDE_ERRORS):
+                    raise  # the run stops here; the next one lists this page again
+                source = error
+            try:
+                self._exchange_import_mails([MailToImport(folder_kind, source, item=item)], run)
+            finally:
+                if not isinstance(source, ExchangeError):
+                    source.close()
+        fresh = [item for item in fresh if (item.size or 0) <= STREAM_BYTES]
         for chunk in fetch_chunks(fresh):
             sources = backend.get_mimes([item.id for item in chunk])
             batch = []
@@ -168,7 +187,12 @@ class ExchangeMailbox(models.Model):
                                 outcomes += self._exchange_route_batch([entry])
                         except Exception as single_error:  # noqa: BLE001 - recorded on the mail
                             outcomes.append((entry, self._exchange_failure(entry, single_error)))
-        self._exchange_record_outcomes(outcomes, run)
+        try:
+            self._exchange_record_outcomes(outcomes, run)
+        finally:
+            for entry in batch:
+                if entry.parsed and entry.parsed.get("spooled"):
+                    entry.parsed["spooled"].close()
 
     def _exchange_failure(self, entry, error):
         """The values of a failed try: retried by the next runs, parked at the third failure."""
@@ -178,21 +202,31 @@ class ExchangeMailbox(models.Model):
             "tries": tries,
             "reason": f"{type(error).__name__}: {error}"[:2000],
         }
-        if isinstance(entry.source, bytes) and not (entry.mail and entry.mail.mime):
-            values["mime"] = base64.b64encode(entry.source)
+        if not isinstance(entry.source, ExchangeError) and not (entry.mail and entry.mail.mime):
+            values["mime"] = self._exchange_mime_value(entry.source)
         _logger.warning("Exchange mail %s of user %s not imported (try %s): %s",
                         entry.item.internet_message_id if entry.item else entry.mail.message_key,
                         self.user_id.login, tries, values["reason"])
         return values
 
+    @staticmethod
+    def _exchange_mime_value(source):
+        """The ``mime`` value of a source kept for later: base64 of bytes; a big mail's file as it is."""
+        return base64.b64encode(source) if isinstance(source, bytes) else source
+
     def _exchange_record_outcomes(self, outcomes, run):
-        """Create the records of the new mails (bound to their remote ids) and update the known ones."""
+        """Create the records of the new mails (bound to their remote ids) and update the known ones.
+
+        A big mail's source (a file) is stored once the record exists, from the file.
+        """
         user = self.user_id
         Mail = self.env["exchange.mail"].sudo()
         counts = {"created": 0, "skipped": 0, "failed": 0}
-        new = []
+        new, files = [], []
         for entry, values in outcomes:
             values = dict(values, run_id=run.id)
+            if values.get("mime") is not None and not isinstance(values["mime"], (bytes, str, bool)):
+                files.append((entry, values.pop("mime")))
             if entry.parsed is not None:
                 values = dict(Mail._exchange_envelope(entry.parsed), **values)
             if values["state"] == "posted":
@@ -218,6 +252,9 @@ class ExchangeMailbox(models.Model):
                 "remote_id": item.id, "change_key": item.change_key or False,
                 "remote_uid": item.internet_message_id or False,
             } for (item, _values), mail in zip(new, mails, strict=True)])
+            created = {id(item): mail for (item, _values), mail in zip(new, mails, strict=True)}
+        for entry, source in files:
+            (entry.mail or created[id(entry.item)])._exchange_store_mime(source)
         run._count(**{name: count for name, count in counts.items() if count})
 
     def _exchange_route_batch(self, entries):
@@ -321,7 +358,7 @@ class ExchangeMailbox(models.Model):
                 "partner_ids": [(6, 0, certain.ids)],
             }
             if not (entry.mail and entry.mail.mime):
-                values["mime"] = base64.b64encode(entry.source)
+                values["mime"] = self._exchange_mime_value(entry.source)
             return values, None
         if not certain:
             return self._exchange_ignored_values(self.env._(
@@ -363,7 +400,8 @@ class ExchangeMailbox(models.Model):
 
         Called before this run lists anything: every failed mail is one of an earlier run.
         """
-        failed = self.env["exchange.mail"].sudo().search([
+        # bin_size: whether a mail has its source is asked, not the source itself.
+        failed = self.env["exchange.mail"].sudo().with_context(bin_size=True).search([
             ("user_id", "=", self.user_id.id), ("state", "=", "failed"),
         ], limit=RETRY_BATCH, order="id")
         if not failed:

@@ -14,6 +14,7 @@ interrupted (e.g. by :class:`~services.errors.TimeBudgetExceeded`).
 
 import abc
 import json
+import tempfile
 from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Dict, Generic, Iterator, List, Optional, TypeVar, Union
@@ -28,6 +29,15 @@ from .errors import (
 )
 
 T = TypeVar("T")
+#: Bytes of a spooled file kept in memory; beyond, it moves to a temporary file on disk.
+SPOOL_MEMORY_BYTES = 1024 * 1024
+
+
+def new_spool():
+    """A binary temporary file, in memory while small, that holds a mail source or one of its parts."""
+    return tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES, mode="w+b")
+
+
 #: Errors about the whole mailbox or run, never about one item: bulk calls raise them.
 MAILBOX_WIDE_ERRORS = (AuthenticationError, ConnectionProblem, ThrottledError, TimeBudgetExceeded)
 
@@ -335,6 +345,22 @@ class MailboxBackend(abc.ABC):
     @abc.abstractmethod
     def get_mime(self, message_id: str) -> bytes:
         """Return the message's RFC 5322 source."""
+
+    def get_mime_file(self, message_id: str):
+        """Return the message's RFC 5322 source as a binary file positioned at its start.
+
+        For the big mails: a backend that can stream writes the source to the file as it arrives
+        (beyond :data:`SPOOL_MEMORY_BYTES` the file is on disk), so the whole source is never held
+        in memory at once. The caller closes the file. This default reads it with :meth:`get_mime`.
+        """
+        spool = new_spool()
+        try:
+            spool.write(self.get_mime(message_id))
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
 
     def get_mimes(self, message_ids: List[str]) -> Dict[str, Union[bytes, ExchangeError]]:
         """Return ``{id: MIME source}`` for many messages, in as few requests as the protocol allows.

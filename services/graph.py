@@ -47,12 +47,14 @@ from .backend import (
     RemoteMailbox,
     RemoteMessage,
     SyncPage,
+    new_spool,
     saved_window_state,
     window_bounds,
 )
 from .contact_mapping import MARKER_GRAPH_ID, split_street, street_lines
 from .errors import (
     AuthenticationError,
+    ConnectionProblem,
     ExchangeError,
     FolderNotFound,
     ItemNotFound,
@@ -71,6 +73,11 @@ MESSAGE_FIELDS = (
     "id,internetMessageId,subject,sender,from,toRecipients,ccRecipients,bccRecipients,"
     "receivedDateTime,sentDateTime,hasAttachments,isRead,changeKey,parentFolderId"
 )
+#: MAPI's PR_MESSAGE_SIZE (PidTagMessageSize): Graph v1.0 has no ``size`` on a message, the listing
+#: asks for this property so that big mails are known before their source is fetched.
+MESSAGE_SIZE_PROPERTY = "Integer 0x0E08"
+#: Chunks in which a streamed source is read from the connection.
+STREAM_CHUNK = 1024 * 1024
 #: First path components that name well-known folders: reached by name, whatever the mailbox's language.
 WELL_KNOWN_FOLDERS = {
     "inbox": "inbox",
@@ -163,7 +170,29 @@ def message_from_graph(node):
         is_read=bool(node.get("isRead")),
         change_key=node.get("changeKey"),
         folder_id=node.get("parentFolderId"),
+        size=_message_size(node),
     )
+
+
+def _property_tag(property_id):
+    """``("integer", 0xe08)`` of a tagged extended property id ("Integer 0x0E08"); None for others."""
+    kind, _, tag = (property_id or "").strip().partition(" ")
+    try:
+        return kind.casefold(), int(tag.strip(), 16)
+    except ValueError:
+        return None
+
+
+def _message_size(node):
+    """The size Exchange gives the message (``PidTagMessageSize``, when expanded), None if absent."""
+    wanted = _property_tag(MESSAGE_SIZE_PROPERTY)
+    for prop in node.get("singleValueExtendedProperties") or []:
+        if _property_tag(prop.get("id")) == wanted:
+            try:
+                return int(prop.get("value"))
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def _recurrence_from_graph(node):
@@ -302,6 +331,10 @@ def contact_from_graph(node):
 _EXPAND_MARKER = quote(
     f"singleValueExtendedProperties($filter=id eq {odata_quote(MARKER_GRAPH_ID)})", safe="()'=$"
 )
+#: ``$expand`` that brings the message size along with a listed message.
+_EXPAND_MESSAGE_SIZE = quote(
+    f"singleValueExtendedProperties($filter=id eq {odata_quote(MESSAGE_SIZE_PROPERTY)})", safe="()'=$"
+)
 #: The id the default Contacts folder goes by (Graph reaches it as ``/contacts``).
 DEFAULT_CONTACT_FOLDER = "contacts"
 
@@ -402,9 +435,14 @@ class GraphBackend(MailboxBackend):
         return self._token
 
     def _request(
-        self, method, path, json_body=None, prefer=(), not_found=ItemNotFound, raw=False, idempotent=None
+        self, method, path, json_body=None, prefer=(), not_found=ItemNotFound, raw=False, idempotent=None,
+        consume=None,
     ):
         """Send one request with retries; return the parsed JSON (or the response when ``raw``).
+
+        ``consume(response)`` reads a successful answer's body as it arrives, within the
+        request's slot of the mailbox (a body being received is a request in flight); what it
+        returns is returned.
 
         ``idempotent`` (default: by method, POST is not) decides what is
         retried: a request that may have reached Microsoft (read timeout,
@@ -427,8 +465,11 @@ class GraphBackend(MailboxBackend):
             try:
                 with mailbox_slot(self.account_email):
                     response = self.session.request(
-                        method, url, json=json_body, headers=headers, timeout=self.timeout
+                        method, url, json=json_body, headers=headers, timeout=self.timeout,
+                        stream=consume is not None,
                     )
+                    if consume is not None and response.status_code < 400:
+                        return (consume(response),)
             except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
                 problem = connection_problem(exc, self.graph_url)
                 if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -494,6 +535,8 @@ class GraphBackend(MailboxBackend):
             )
 
         response = self.retry_policy.call(attempt, budget=self.budget, what=what)
+        if consume is not None:
+            return response[0]
         if raw:
             return response
         if response.status_code == 204 or not response.content:
@@ -608,7 +651,8 @@ class GraphBackend(MailboxBackend):
 
     def sync_messages(self, folder, state):
         """Delta listing of ``folder``; ``state`` is the last page's nextLink / deltaLink."""
-        first = f"/mailFolders/{_url_id(folder.id)}/messages/delta?$select={MESSAGE_FIELDS}"
+        first = (f"/mailFolders/{_url_id(folder.id)}/messages/delta?$select={MESSAGE_FIELDS}"
+                 f"&$expand={_EXPAND_MESSAGE_SIZE}")
         return self._delta_pages(
             self._url(first), state, message_from_graph, prefer=(f"odata.maxpagesize={self.page_size}",)
         )
@@ -616,6 +660,42 @@ class GraphBackend(MailboxBackend):
     def get_mime(self, message_id):
         """Return the message's MIME source (``/messages/{id}/$value``)."""
         return self._request("GET", f"/messages/{_url_id(message_id)}/$value", raw=True).content
+
+    def get_mime_file(self, message_id):
+        """Stream the message's MIME source (``/messages/{id}/$value``) into a spooled file.
+
+        A connection that breaks in the middle raises :class:`~services.errors.ConnectionProblem`
+        (nothing of the source is returned): the message stays to be fetched by the next run.
+        """
+        return self._request("GET", f"/messages/{_url_id(message_id)}/$value", consume=self._spool_body)
+
+    def _spool_body(self, response):
+        spool = new_spool()
+        try:
+            with response:
+                for chunk in response.iter_content(STREAM_CHUNK):
+                    spool.write(chunk)
+            # urllib3 1.x does not check that the body is as long as announced: a connection
+            # closed in the middle would otherwise look like a complete (truncated) source.
+            announced = response.headers.get("Content-Length")
+            received = spool.tell()
+            if announced and not response.headers.get("Content-Encoding") and received != int(announced):
+                raise ConnectionProblem(
+                    f"The connection to Microsoft Graph broke after {received} of the {announced} bytes "
+                    "of a mail's source.", kind="refused", transient=True, code="IncompleteRead")
+            spool.seek(0)
+        except ConnectionProblem:
+            spool.close()
+            raise
+        except (requests.exceptions.RequestException, OSError) as exc:
+            spool.close()
+            problem = connection_problem(exc, self.graph_url)
+            problem.transient = True
+            raise problem from exc
+        except BaseException:
+            spool.close()
+            raise
+        return spool
 
     def get_mimes(self, message_ids):
         """Return ``{id: MIME bytes | ExchangeError}`` with ``$batch`` calls of at most 20 ``$value`` GETs.

@@ -48,7 +48,7 @@ from .ews_xml import (
     t,
     xml_bool,
 )
-from .knobs import Refused
+from .knobs import Refused, cut_body
 from .store import is_well_formed_id
 
 _logger = logging.getLogger(__name__)
@@ -136,6 +136,10 @@ class EwsApp:
         code = int(status.split(" ", 1)[0])
         self._record(operation, body, payload, code)
         self._log(environ, operation, mailbox_email, code)
+        knobs = self.tenant.knobs.get(mailbox_email) if mailbox_email else None
+        if (knobs and knobs.cut_mime_after_bytes is not None and operation == "GetItem"
+                and b"MimeContent" in payload):
+            return cut_body(environ, payload, knobs.cut_mime_after_bytes)
         return [payload]
 
     @staticmethod

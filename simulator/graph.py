@@ -23,7 +23,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import graph_render as render
 from .graph_delta import DeltaTokens, SyncStateError
-from .knobs import Refused
+from .knobs import Refused, cut_body
 from .store import is_well_formed_id, occurrence_ical_uid
 
 UTC = datetime.timezone.utc
@@ -301,7 +301,19 @@ class GraphApp:
         request = Request(environ)
         call = self._call_from_request(request)
         answer = self.execute(call, environ.get("simulator.log_entry"))
+        cut_after = getattr(answer, "cut_after", None)
+        if cut_after is not None and isinstance(answer.body, bytes):
+            return self._cut_response(environ, start_response, call, answer, cut_after)
         return self._response(call, answer)(environ, start_response)
+
+    def _cut_response(self, environ, start_response, call, answer, cut_after):
+        """Announce the whole body, send ``cut_after`` bytes of it, then drop the connection."""
+        body = answer.body
+        answer.body = b""
+        response = self._response(call, answer)
+        response.headers["Content-Length"] = str(len(body))
+        start_response(response.status, list(response.headers.items()))
+        return cut_body(environ, body, cut_after)
 
     # -- HTTP in and out
     def _call_from_request(self, request):
@@ -925,7 +937,10 @@ def get_folder_message(ctx, folder_reference, reference):
 def get_message_mime(ctx, reference):
     message = find_item(ctx, reference, "message")
     # The documentation example answers the MIME source with Content-Type text/plain.
-    return GraphAnswer(200, bytes(message.mime), content_type="text/plain")
+    answer = GraphAnswer(200, bytes(message.mime), content_type="text/plain")
+    if ctx.knobs and ctx.knobs.cut_mime_after_bytes is not None:
+        answer.cut_after = ctx.knobs.cut_mime_after_bytes
+    return answer
 
 
 @route("PATCH", "messages/{item}")
@@ -1038,10 +1053,10 @@ def messages_delta(ctx, reference):
         elif delta_token:
             state = ctx.app.delta_tokens.read(delta_token, "messages", ctx.mailbox.id, folder.id, ttl)
             state = {"base": state["upper"], "upper": None, "cursor": state["upper"],
-                     "select": state.get("select"), "size": state.get("size")}
+                     "select": state.get("select"), "size": state.get("size"), "expand": state.get("expand")}
         else:
             state = {"base": 0, "upper": None, "cursor": 0, "select": ctx.call.param("$select"),
-                     "size": None}
+                     "size": None, "expand": expanded_property_ids(ctx)}
     except SyncStateError as error:
         raise GraphError(410, "syncStateNotFound", str(error)) from None
     if state["upper"] is None:
@@ -1075,12 +1090,15 @@ def messages_delta(ctx, reference):
         if message.folder_id != folder.id or message.kind != "message":
             continue
         shape = _message_shape(ctx, message, select)
+        rows_expanded = render.message_extended_properties(message, state.get("expand") or ())
+        if rows_expanded:
+            shape["singleValueExtendedProperties"] = rows_expanded
         shape["@odata.type"] = "#microsoft.graph.message"
         rows.append(shape)
     body = {"@odata.context": ctx.odata_context(context_with_select(
         f"mailFolders('{folder.id}')/messages", select) + "/$delta"), "value": rows}
     token_state = {"base": state["base"], "upper": state["upper"], "select": state.get("select"),
-                   "size": state.get("size")}
+                   "size": state.get("size"), "expand": state.get("expand")}
     path = f"mailFolders/{reference}/messages/delta"
     if consumed < len(changes):
         token_state["cursor"] = last_seq

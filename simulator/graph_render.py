@@ -426,6 +426,32 @@ def expanded_extended_properties(item, wanted_ids):
     return rows
 
 
+#: Tagged MAPI properties a message answers when asked by ``$expand`` (PidTagMessageSize).
+_MESSAGE_TAGS = {("integer", 0x0E08): lambda message: str(len(message.mime))}
+
+
+def _property_tag(property_id):
+    kind, _, tag = (property_id or "").strip().partition(" ")
+    try:
+        return kind.casefold(), int(tag.strip(), 16)
+    except ValueError:
+        return None
+
+
+def message_extended_properties(message, wanted_ids):
+    """The tagged ``singleValueExtendedProperties`` of a message among ``wanted_ids``.
+
+    Exchange names a tagged property by its type and the tag in lower-case hex without leading
+    zeros ("Integer 0xe08") and gives every value as a string.
+    """
+    rows = []
+    for wanted in wanted_ids:
+        tag = _property_tag(wanted)
+        if tag in _MESSAGE_TAGS:
+            rows.append({"id": f"{wanted.split()[0]} {hex(tag[1])}", "value": _MESSAGE_TAGS[tag](message)})
+    return rows
+
+
 # ---------------------------------------------------------------- events
 
 _WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]

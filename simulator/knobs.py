@@ -9,6 +9,7 @@ request; it raises ``Refused`` or tracks the request while it runs.
 import collections
 import contextlib
 import random
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -38,6 +39,10 @@ class Knobs:
     # Graph's iCalUId of the occurrences and exceptions of a series: "per_occurrence" as the v1.0
     # documentation says (each differs), or "shared" (the series' one), as some mailboxes answer.
     occurrence_ical_uid: str = "per_occurrence"
+    # A mail source (Graph GET .../$value, an EWS GetItem answer with MimeContent) announced whole
+    # but cut off after this many bytes: the connection is closed in the middle of the body, as a
+    # dropped link does. None: sent whole.
+    cut_mime_after_bytes: Optional[int] = None
     seed: Optional[int] = None  # random seed for reproducible storms
 
 
@@ -214,3 +219,19 @@ def last_admitted():
 
 def clear_last_admitted():
     _last_admitted.value = None
+
+
+def cut_body(environ, body, cut_after):
+    """A WSGI body iterable that sends ``cut_after`` bytes of ``body``, then drops the connection.
+
+    The caller has announced ``len(body)`` as the Content-Length (knob ``cut_mime_after_bytes``).
+    """
+    connection = environ.get("werkzeug.socket")
+
+    def cut():
+        yield body[:cut_after]
+        if connection is not None:
+            connection.shutdown(socket.SHUT_RDWR)
+        raise ConnectionAbortedError("the simulator cut the body (knob cut_mime_after_bytes)")
+
+    return cut()

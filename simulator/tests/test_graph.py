@@ -448,6 +448,23 @@ def test_message_delta_initial_then_incremental_with_removed(tenant, graph):
     assert tenant.request_log.count(protocol="graph", endpoint="GET /mailFolders/{id}/messages/delta") >= 5
 
 
+def test_message_delta_expands_the_message_size(tenant, graph):
+    # Graph v1.0 has no size on a message: PidTagMessageSize comes as a tagged extended property,
+    # named by Exchange in lower-case hex, its value a string; the tokens keep the $expand.
+    folder = make_folder(graph, "Delta Size")
+    messages = seed_messages(tenant, folder["id"], 3, subject="Sized")
+    expand = "singleValueExtendedProperties($filter=id eq 'Integer 0x0E08')"
+    start = "mailFolders/{}/messages/delta?$select=subject&$expand={}".format(folder["id"], expand)
+    entries, _pages, delta_link = _delta_round(graph, start, 2)
+    sizes = {e["subject"]: e["singleValueExtendedProperties"] for e in entries}
+    assert sizes == {m.subject: [{"id": "Integer 0xe08", "value": str(len(m.mime))}] for m in messages}
+    new = tenant.store.mailbox(ALICE).add_message(folder["id"], mime("Sized later", 7))
+    entries, _pages, _link = _delta_round(graph, delta_link, 2)
+    assert entries[0]["singleValueExtendedProperties"][0]["value"] == str(len(new.mime))
+    plain, _pages, _link = _delta_round(graph, "mailFolders/{}/messages/delta".format(folder["id"]), 5)
+    assert not any("singleValueExtendedProperties" in e for e in plain), "only when asked"
+
+
 def test_delta_in_the_odata_function_form(tenant, graph, weekly_series):
     # The official SDKs call ".../messages/delta()"; Graph accepts it as ".../messages/delta".
     folder = make_folder(graph, "Delta Function")
