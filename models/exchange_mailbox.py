@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import psycopg2.errors
-from markupsafe import Markup
 
 from odoo import SUPERUSER_ID, api, fields, models
 from odoo.exceptions import UserError
@@ -238,7 +237,8 @@ class ExchangeMailbox(models.Model):
                     "last_error_code": getattr(error, "code", None) or False})
 
     def _exchange_record_auth_failure(self, error):
-        """Count a refused sign-in; at the limit, stop using the credentials and tell the user."""
+        """Count a refused sign-in; at the limit, stop using the credentials and tell the user
+        (``_exchange_notify_user``, in exchange_mailbox_status.py with the other texts for users)."""
         self.ensure_one()
         failures = self.auth_failures + 1
         limit = self.env["res.users"]._exchange_param_int("max_auth_failures", DEFAULT_MAX_AUTH_FAILURES)
@@ -263,19 +263,6 @@ class ExchangeMailbox(models.Model):
             self._exchange_notify_user(error, self.env._(
                 "Microsoft no longer accepts the sign-in of your mailbox; the synchronisation stops "
                 "after %(count)s failed attempts unless you reconnect.", count=limit))
-
-    def _exchange_notify_user(self, error, situation):
-        """An inbox notification to the mailbox's user: what happened and what to do about it."""
-        body = Markup("<p>%s</p><p>%s</p><p><small>%s</small></p>") % (
-            situation, self._exchange_error_text(error), str(error))
-        self.env["mail.thread"].sudo().message_notify(
-            model="res.users",
-            res_id=self.user_id.id,
-            partner_ids=self.user_id.partner_id.ids,
-            author_id=self.env.ref("base.partner_root").id,
-            subject=self.env._("Exchange: reconnect your mailbox"),
-            body=body,
-        )
 
     def action_reset_lockout(self):
         """Administrator button: let the connector try the stored credentials again."""
