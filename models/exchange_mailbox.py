@@ -129,6 +129,12 @@ class MailboxReleased(Exception):
 INTERRUPTIONS = (TimeBudgetExceeded, MailboxReleased)
 
 
+def retry_after_of(errors):
+    """The seconds Microsoft asked to wait before this mailbox's next request (the longest of the
+    throttling hints among ``errors``), or None. The scheduled job and the queue_job mode both obey it."""
+    return max((error.retry_after for error in errors if getattr(error, "retry_after", None)), default=None)
+
+
 class PendingRun:
     """The sync run of one kind of one mailbox, created only once there is something to tell.
 
@@ -614,8 +620,7 @@ class ExchangeMailbox(models.Model):
             values.update(sync_lease_until=False, sync_lease_token=False)
         # Without a lease, no page changed anything: this write is the sync's only one.
         if self.state == "connected":  # not when disconnected or locked out meanwhile
-            retry_after = max((error.retry_after for error in errors if getattr(error, "retry_after", None)),
-                              default=None)
+            retry_after = retry_after_of(errors)
             if retry_after:
                 # Microsoft named the moment it accepts this mailbox again: not a request before.
                 values["next_sync"] = now + timedelta(seconds=retry_after)

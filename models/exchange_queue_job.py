@@ -3,7 +3,7 @@ import logging
 from odoo import api, models
 
 from ..services import RunBudget
-from .exchange_mailbox import DEFAULT_CRON_TIME_BUDGET, INTERRUPTIONS
+from .exchange_mailbox import DEFAULT_CRON_TIME_BUDGET, INTERRUPTIONS, retry_after_of
 
 _logger = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ class ExchangeMailbox(models.Model):
             errors = leased._exchange_sync(budget, lease["trigger"])
         finally:
             self._exchange_release_lock()
-        retry_after = max((error.retry_after for error in errors if getattr(error, "retry_after", None)),
-                          default=None)
+        retry_after = retry_after_of(errors)
         if retry_after:
             from odoo.addons.queue_job.exception import RetryableJobError  # noqa: PLC0415 - optional addon
 
