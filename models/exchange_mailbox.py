@@ -1,6 +1,7 @@
 import collections
 import contextlib
 import logging
+import math
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -32,8 +33,8 @@ DEFAULT_CRON_TIME_BUDGET = 60
 #: A mailbox is not started with less time left: it would only get as far as its first request.
 #: A mailbox without news takes three round trips (well under a second with 200 ms latency).
 MIN_SECONDS_PER_MAILBOX = 2
-#: Seconds a lease outlives the budget: the last request's timeout and the closing bookkeeping fit
-#: in it, so that it expires only when its worker is gone (killed at limit_time_real at the latest).
+#: Seconds a lease outlives the run's budget: the last request's timeout and the closing bookkeeping
+#: fit in it, so that it expires only when its worker is gone (killed at limit_time_real at the latest).
 LEASE_MARGIN = 120
 #: First key of the PostgreSQL advisory locks that keep two workers from syncing one mailbox.
 SYNC_LOCK_NAMESPACE = 0x45584348  # "EXCH"
@@ -292,8 +293,10 @@ class ExchangeMailbox(models.Model):
         ]
 
     @api.model
-    def _exchange_run_budget(self, cron_time_left):
-        """The deadline of one call of the scheduled job: the configured budget, cut to what the cron allows.
+    def _exchange_run_budget(self, cron_time_left=math.inf):
+        """The deadline of one call of the scheduled job (or of one queue_job job): the configured
+        budget, cut to what the cron allows. The one reading of ``exchange_connector.cron_time_budget``:
+        the leases of the run end with its deadline (see :meth:`_exchange_take_lease`).
 
         ``cron_time_left`` is what ``ir.cron._commit_progress`` returned (infinite outside a
         cron run). Odoo calls the job again while it reports remaining work, each call
@@ -362,9 +365,7 @@ class ExchangeMailbox(models.Model):
             if not lease:
                 continue
             try:
-                leased = mailbox.with_context(exchange_sync_lease=lease["token"],
-                                              exchange_sync_kinds=lease.get("kinds"))
-                leased._exchange_sync(budget, lease["trigger"])
+                mailbox._exchange_leased(lease)._exchange_sync(budget, lease["trigger"])
                 synced += 1
             finally:
                 mailbox._exchange_release_lock()
@@ -423,7 +424,8 @@ class ExchangeMailbox(models.Model):
     def _exchange_take_lease(self, budget):
         """Take this mailbox for a sync if it is still due; None when another worker holds or just synced it.
 
-        Returns ``{"token", "trigger"}``. The mailbox's advisory lock is held from here until
+        Returns ``{"token", "trigger", "kinds", "until"}`` (see :meth:`_exchange_leased`); the lease
+        lasts until ``budget``'s deadline plus ``LEASE_MARGIN``. The mailbox's advisory lock is held from here until
         :meth:`_exchange_release_lock`; the lease itself (``sync_lease_until``,
         ``sync_lease_token``) is written by the first page that changes something
         (:meth:`_exchange_check_lease`), so that a sync that finds nothing costs one UPDATE of
@@ -447,19 +449,22 @@ class ExchangeMailbox(models.Model):
                 # "Started" are ghosts, closed now with the time its lease expired.
                 self.env["exchange.sync.run"]._close_interrupted(
                     self.user_id, self.sync_lease_until or fields.Datetime.now())
+            now = fields.Datetime.now()
             lease = {"token": uuid.uuid4().hex, "trigger": "manual" if self.sync_requested else "cron",
-                     "kinds": self._exchange_requested_kinds()}
+                     "kinds": self._exchange_requested_kinds(),
+                     "until": now + timedelta(seconds=budget.remaining() + LEASE_MARGIN)}
             if self.sync_requested:
-                self._exchange_write_lease(lease["token"], sync_requested=False, sync_requested_kinds=False)
+                self._exchange_write_lease(lease["token"], lease["until"],
+                                           sync_requested=False, sync_requested_kinds=False)
             return lease
         except BaseException:
             self._exchange_release_lock()
             raise
 
-    def _exchange_lease_seconds(self):
-        """How long a lease lasts: the longest call of the job, then the margin of its last request."""
-        configured = self.env["res.users"]._exchange_param_int("cron_time_budget", DEFAULT_CRON_TIME_BUDGET)
-        return configured + LEASE_MARGIN
+    def _exchange_leased(self, lease):
+        """This mailbox as the sync holding ``lease`` (of :meth:`_exchange_take_lease`) sees it."""
+        return self.with_context(exchange_sync_lease=lease["token"], exchange_sync_lease_until=lease["until"],
+                                 exchange_sync_kinds=lease.get("kinds"))
 
     def _exchange_commit(self):
         """Commit the work done so far: the cron's progress API, a plain commit outside a cron run."""
@@ -486,16 +491,14 @@ class ExchangeMailbox(models.Model):
             return
         if self.sync_lease_token and self.sync_lease_until and self.sync_lease_until > fields.Datetime.now():
             raise MailboxReleased(f"Exchange mailbox {self.id} was taken over by another worker")
-        self._exchange_write_lease(token)
+        self._exchange_write_lease(token, self.env.context["exchange_sync_lease_until"])
 
-    def _exchange_write_lease(self, token, **values):
+    def _exchange_write_lease(self, token, until, **values):
         """Write and commit this sync's lease (with ``values``, e.g. the cleared "Sync now")."""
-        now = fields.Datetime.now()
         try:
             with self.env.cr.savepoint():
-                until = now + timedelta(seconds=self._exchange_lease_seconds())
                 self.write(dict(values, sync_lease_until=until, sync_lease_token=token,
-                                last_sync_started=now))
+                                last_sync_started=fields.Datetime.now()))
         except psycopg2.errors.SerializationFailure as error:
             raise MailboxReleased(f"Exchange mailbox {self.id} was changed during its sync") from error
         self._exchange_commit()
