@@ -553,7 +553,7 @@ class ExchangeMailbox(models.Model):
         current = None
         errors = []
         try:
-            with user._exchange_backend(budget=budget) as backend:
+            with user._exchange_backend(budget=budget, mailbox=self) as backend:
                 for kind in self._exchange_enabled_kinds():
                     current = PendingRun(runs, user, kind, trigger)
                     if trigger == "manual":
