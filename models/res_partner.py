@@ -74,8 +74,8 @@ class ResPartner(models.Model):
 
     @api.depends_context("uid")
     def _compute_exchange_in_my_outlook(self):
-        mine = set(self._exchange_subscriptions().filtered(
-            lambda s: s.user_id == self.env.user).partner_id.ids)
+        mine = set(self.env["exchange.contact.subscription"].sudo().search([
+            ("user_id", "=", self.env.uid), ("partner_id", "in", self.ids)]).partner_id.ids)
         for partner in self:
             partner.exchange_in_my_outlook = partner.id in mine
 
