@@ -626,8 +626,8 @@ class TestEventImportConcurrency(EventImportMixin, WorkerThreadsMixin, Transacti
         marco_looked, anna_done = threading.Event(), threading.Event()
         page_cache = type(self.env["exchange.mailbox"])._exchange_event_page_cache
 
-        def page_cache_then_wait(mailbox, items):
-            cache = page_cache(mailbox, items)
+        def page_cache_then_wait(mailbox, *args):
+            cache = page_cache(mailbox, *args)
             if threading.current_thread().name == "marco" and not marco_looked.is_set():
                 marco_looked.set()
                 anna_done.wait(timeout=60)
