@@ -520,17 +520,10 @@ class ExchangeMailbox(models.Model):
         matches them (the user's remembered choice, else the partners with that e-mail: the
         oldest when several); unknown ones are created when the company wants it.
         """
-        users = self.env["res.users"].sudo().search([("share", "=", False)])
-        internal = {}
-        for user in users:
-            for raw in (user.exchange_email, user.email):
-                address = normalize_address(raw or "")
-                if address:
-                    internal.setdefault(address, user)
-        result = {address: internal[address].partner_id for address in names if address in internal}
-        users_by_partner = {user.partner_id.id: user.id for user in users}
-        others = [address for address in names if address not in result]
+        internal, users_by_partner = self._exchange_internal_addresses()
         Partners = self.env["res.partner"].sudo()
+        result = {address: Partners.browse(internal[address]) for address in names if address in internal}
+        others = [address for address in names if address not in result]
         matched = Partners._exchange_match_addresses(others, self.user_id)
         for address, partners in matched.items():
             if partners:
@@ -544,6 +537,24 @@ class ExchangeMailbox(models.Model):
             )
             result.update(zip(unknown, created, strict=True))
         return result, users_by_partner
+
+    def _exchange_internal_addresses(self):
+        """``({address: partner id}, {partner id: user id})`` of the internal users, by their mailbox
+        and e-mail addresses; read once per listing (kept in its context), not once per page."""
+        listing = self.env.context.get("exchange_event_listing")
+        if listing and "internal" in listing:
+            return listing["internal"]
+        users = self.env["res.users"].sudo().search([("share", "=", False)])
+        internal = {}
+        for user in users:
+            for raw in (user.exchange_email, user.email):
+                address = normalize_address(raw or "")
+                if address:
+                    internal.setdefault(address, user.partner_id.id)
+        result = (internal, {user.partner_id.id: user.id for user in users})
+        if listing is not None:
+            listing["internal"] = result
+        return result
 
     def _exchange_event_tags(self, names):
         """``{category: calendar.event.type}``, creating the tags Outlook's categories need."""
