@@ -240,8 +240,8 @@ def main():
                 seconds, queries, protocols, _per_user = sync_all(env, users, tenant)
                 env.flush_all()
                 print(
-                    f"after edits  : {changed} meetings changed ({entries} calendar entries) in {seconds:.2f} s, "
-                    f"HTTP requests {sum(protocols.values())}, SQL queries {queries} "
+                    f"after edits  : {changed} meetings changed ({entries} calendar entries) "
+                    f"in {seconds:.2f} s, HTTP requests {sum(protocols.values())}, SQL queries {queries} "
                     f"({queries / max(entries, 1):.1f} per changed entry)"
                 )
         finally:
