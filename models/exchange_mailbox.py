@@ -770,11 +770,11 @@ class ExchangeMailbox(models.Model):
         The folder is the user's setting: the main Contacts folder (empty) or a named subfolder.
         When it changed, :meth:`_sync_contacts_folder_changed` first cleans up the old one.
         Nothing is asked of Microsoft when the folder is known and :meth:`_contacts_pending`
-        finds nothing to push.
+        finds nothing to push. Returns True once the push compared the folder, None otherwise.
         """
         self.ensure_one()
         if self.contact_folder_id and not self._contacts_pending():
-            return
+            return None
         folder = backend.ensure_contact_folder(self.user_id.exchange_contact_folder or "")
         if self.contact_folder_id != folder.id:
             if self.contact_folder_id:
@@ -790,6 +790,7 @@ class ExchangeMailbox(models.Model):
         self._exchange_commit()
         if stop is not None:
             raise stop
+        return True
 
     def _sync_contacts_folder_changed(self, backend, old_folder, run):
         """The user chose another contact folder; the contact feature cleans up ``old_folder``."""
