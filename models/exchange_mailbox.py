@@ -126,6 +126,12 @@ class MailboxReleased(Exception):
     page is rolled back) and resumes from the last committed page at the next run."""
 
 
+class MailboxWrittenMeanwhile(MailboxReleased):
+    """A user's write of the mailbox row (e.g. "Sync now") landed while a page was being imported:
+    saving the page's state would have overwritten it (PostgreSQL refused: serialization failure).
+    A listing's page is then redone once in a fresh transaction (``_exchange_save_page``)."""
+
+
 #: What stops a sync without anything being wrong: it continues from the saved states at once.
 INTERRUPTIONS = (TimeBudgetExceeded, MailboxReleased)
 
@@ -425,8 +431,8 @@ class ExchangeMailbox(models.Model):
         """Take this mailbox for a sync if it is still due; None when another worker holds or just synced it.
 
         Returns ``{"token", "trigger", "kinds", "until"}`` (see :meth:`_exchange_leased`); the lease
-        lasts until ``budget``'s deadline plus ``LEASE_MARGIN``. The mailbox's advisory lock is held from here until
-        :meth:`_exchange_release_lock`; the lease itself (``sync_lease_until``,
+        lasts until ``budget``'s deadline plus ``LEASE_MARGIN``. The mailbox's advisory lock is held
+        from here until :meth:`_exchange_release_lock`; the lease itself (``sync_lease_until``,
         ``sync_lease_token``) is written by the first page that changes something
         (:meth:`_exchange_check_lease`), so that a sync that finds nothing costs one UPDATE of
         the row, at its end. A "Sync now" is taken at once: the request is cleared with the
@@ -474,7 +480,9 @@ class ExchangeMailbox(models.Model):
         """Raise :class:`MailboxReleased` unless this sync may write: the mailbox is still connected
         and the lease is this sync's, written now if it is not yet.
 
-        Reads the row afresh: the user may have disconnected since the last commit. The lease is
+        Reads the row afresh, in a fresh transaction: the user may have disconnected since the last
+        commit, and the lease written next must not meet a "Sync now" committed after a snapshot
+        that spanned requests to Microsoft (PostgreSQL would refuse the write). The lease is
         written on the first page that changes something and committed at once, so that users
         and other workers see who syncs the mailbox; a lease of another token that is still
         live means another worker took the mailbox over (the advisory lock keeps workers of this
@@ -484,6 +492,7 @@ class ExchangeMailbox(models.Model):
         token = self.env.context.get("exchange_sync_lease")
         if not token:
             return  # a sync outside the scheduler (tests, shell): nobody to share the mailbox with
+        self._exchange_commit()  # the reads of the sync so far held an old snapshot: a fresh one
         self.invalidate_recordset(["state", "sync_lease_token", "sync_lease_until", "sync_requested"])
         if self.state != "connected":
             raise MailboxReleased(f"Exchange mailbox {self.id} was disconnected or taken over meanwhile")
@@ -519,8 +528,28 @@ class ExchangeMailbox(models.Model):
             with self.env.cr.savepoint():
                 yield
         except psycopg2.errors.SerializationFailure as error:
-            raise MailboxReleased(f"Exchange mailbox {self.id} was changed during its sync") from error
+            raise MailboxWrittenMeanwhile(
+                f"Exchange mailbox {self.id} was changed during its sync") from error
         self._exchange_commit()
+
+    def _exchange_save_page(self, state_values, import_page, *args):
+        """``import_page(*args)``, then ``state_values`` written on the mailbox, as one page
+        (:meth:`_exchange_page`).
+
+        A page whose state lost to a write of the user's (a "Sync now" clicked meanwhile) is redone
+        once: the retry's lease check, in a fresh transaction, still stops the sync if the write was
+        a Disconnect or another worker took the mailbox over. A page only reads from Microsoft, so
+        doing it again asks the same again.
+        """
+        try:
+            with self._exchange_page():
+                import_page(*args)
+                self.write(state_values)
+        except MailboxWrittenMeanwhile:
+            _logger.info("Exchange mailbox %s was written during a page of its sync: page redone", self.id)
+            with self._exchange_page():
+                import_page(*args)
+                self.write(state_values)
 
     def _exchange_enabled_kinds(self):
         """The kinds this sync does: those the user enabled, only the ones asked for by a per-kind request."""
@@ -572,6 +601,9 @@ class ExchangeMailbox(models.Model):
                         # also leave the block so that the seam counts it.
                         raise error
                     current = None
+                # The seam writes the outcome on the mailbox row as the block ends: in a fresh
+                # transaction, which a "Sync now" clicked during the last requests cannot conflict with.
+                self._exchange_commit()
         except MailboxReleased:
             _logger.info("Exchange sync of user %s stopped: the mailbox changed meanwhile", user.login)
         except (ExchangeError, UserError) as error:
@@ -708,9 +740,8 @@ class ExchangeMailbox(models.Model):
         for number, page in enumerate(backend.sync_messages(folder, saved)):
             if self._exchange_page_is_news(page, number, saved):
                 record = self._exchange_start_run(run)
-                with self._exchange_page():
-                    self._import_message_page(folder_kind, page, record)
-                    self.write({state_field: page.state})
+                self._exchange_save_page(
+                    {state_field: page.state}, self._import_message_page, folder_kind, page, record)
 
     @staticmethod
     def _exchange_page_is_news(page, number, saved):
@@ -752,9 +783,7 @@ class ExchangeMailbox(models.Model):
         for number, page in enumerate(backend.sync_events(start, end, saved)):
             if self._exchange_page_is_news(page, number, saved):
                 record = self._exchange_start_run(run)
-                with self._exchange_page():
-                    self._import_event_page(page, record)
-                    self.write({"events_state": page.state})
+                self._exchange_save_page({"events_state": page.state}, self._import_event_page, page, record)
 
     def _import_event_page(self, page, run):
         """Import one page of calendar entries (:class:`RemoteEvent` items, removed ids).

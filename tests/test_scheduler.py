@@ -609,6 +609,96 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
             self.assertEqual(runs.mapped("trigger"), ["cron", "manual"])
 
 
+    def synced_once_then_due_with_a_new_mail(self, name):
+        """A committed user whose transfer folder the first sync remembered, due again with a new mail."""
+        user_id, remote, mailbox_id = self.committed_user(name, mails=1)
+        self.in_thread(self.run_worker, "first")()
+        self.add_mails(remote, 1)
+        with self.registry.cursor() as cr:
+            api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"].browse(mailbox_id).next_sync = \
+                fields.Datetime.now() - timedelta(minutes=1)
+        return user_id, mailbox_id
+
+    def assert_synced_and_requested_again(self, user_id, mailbox_id):
+        runs = self.runs_committed(user_id)
+        self.assertEqual(len(runs), 2)
+        self.assertEqual(runs[-1][:2], ("done", False), "the sync that was running is not cut short")
+        requested, lease = self.read_committed(
+            "exchange.mailbox", mailbox_id, "sync_requested", "sync_lease_until")
+        self.assertEqual((requested, lease), (True, False), "the request outlives the sync that was running")
+
+    def test_sync_now_while_a_known_folder_is_listed_does_not_stop_the_sync(self):
+        # The transaction's snapshot dates from before the request to Microsoft: the lease written
+        # after it would meet the user's committed write (a serialization failure) unless read afresh.
+        user_id, mailbox_id = self.synced_once_then_due_with_a_new_mail("xena")
+        pausing, paused, resume = self.paused_before_the_first_page()
+        with pausing:
+            join = self.in_thread(self.run_worker, "syncing")
+            self.assertTrue(paused.wait(timeout=60))
+            self.as_user_without_waiting(user_id, "action_exchange_sync_now")
+            resume.set()
+            join()
+        self.assert_synced_and_requested_again(user_id, mailbox_id)
+
+    def test_sync_now_during_a_page_redoes_the_page(self):
+        user_id, mailbox_id = self.synced_once_then_due_with_a_new_mail("yuri")
+        inside, resume = threading.Event(), threading.Event()
+        self.addCleanup(resume.set)
+        imports = []
+        import_page = type(self.env["exchange.mailbox"])._import_message_page
+
+        def import_page_interrupted_once(mailbox, folder_kind, page, run):
+            import_page(mailbox, folder_kind, page, run)
+            imports.append(page.state)
+            if not inside.is_set():
+                inside.set()
+                resume.wait(timeout=60)
+
+        Mailbox = type(self.env["exchange.mailbox"])
+        # PostgreSQL's refusal of the first save is logged by the cursor: it is the point of the test.
+        with patch.object(Mailbox, "_import_message_page", import_page_interrupted_once), \
+                mute_logger("odoo.sql_db"):
+            join = self.in_thread(self.run_worker, "syncing")
+            self.assertTrue(inside.wait(timeout=60))
+            self.as_user_without_waiting(user_id, "action_exchange_sync_now")
+            resume.set()
+            join()
+        self.assert_synced_and_requested_again(user_id, mailbox_id)
+        self.assertEqual(imports[0], imports[1], "the page whose state lost to the user's write was redone")
+        self.assertEqual(self.read_committed("exchange.mailbox", mailbox_id, "mails_in_state"), [imports[-1]])
+
+
+    def test_sync_now_during_the_last_request_leaves_the_outcome_written(self):
+        user_id, _remote, mailbox_id = self.committed_user("zoe")
+        self.in_thread(self.run_worker, "first")()
+        with self.registry.cursor() as cr:
+            api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"].browse(mailbox_id).write({
+                "last_error": "An earlier failure",
+                "next_sync": fields.Datetime.now() - timedelta(minutes=1),
+            })
+        # Nothing new: no page, no commit after the calendar's listing, where the user clicks;
+        # the seam then clears the earlier error on the mailbox row as the sync ends.
+        paused, resume = threading.Event(), threading.Event()
+        self.addCleanup(resume.set)
+        sync_events = EwsBackend.sync_events
+
+        def sync_events_pausing(backend, *args):
+            paused.set()
+            resume.wait(timeout=60)
+            yield from sync_events(backend, *args)
+
+        with patch.object(EwsBackend, "sync_events", sync_events_pausing):
+            join = self.in_thread(self.run_worker, "syncing")
+            self.assertTrue(paused.wait(timeout=60))
+            self.as_user_without_waiting(user_id, "action_exchange_sync_now")
+            resume.set()
+            join()
+        self.assertEqual(
+            self.read_committed(
+                "exchange.mailbox", mailbox_id, "sync_requested", "sync_lease_until", "last_error"),
+            [True, False, False], "the sync ended normally: request kept, no lease left, old error cleared")
+
+
 @tagged("post_install", "-at_install")
 class TestSyncLogAccess(TransactionCase):
     @classmethod
