@@ -538,6 +538,16 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
             user = api.Environment(cr, SUPERUSER_ID, {})["res.users"].browse(user_id)
             getattr(user.with_user(user), method)()
 
+    def user_acts_while_the_sync_waits(self, user_id, method, pausing, paused, resume):
+        """A worker syncs with ``pausing`` applied; the user calls ``method`` once ``paused`` is set,
+        then the worker is resumed and finishes."""
+        with pausing:
+            join = self.in_thread(self.run_worker, "syncing")
+            self.assertTrue(paused.wait(timeout=60))
+            self.as_user_without_waiting(user_id, method)
+            resume.set()
+            join()
+
     def test_a_killed_worker_loses_only_the_page_it_was_on(self):
         user_id, _remote, mailbox_id = self.committed_user("kilian", mails=5)
         self.enterContext(self.ews_pages_of(2))
@@ -571,13 +581,8 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
 
     def test_disconnect_during_a_sync_does_not_wait_for_it(self):
         user_id, _remote, mailbox_id = self.committed_user("dora", mails=1)
-        pausing, paused, resume = self.paused_before_the_first_page()
-        with pausing:
-            join = self.in_thread(self.run_worker, "syncing")
-            self.assertTrue(paused.wait(timeout=60))
-            self.as_user_without_waiting(user_id, "action_exchange_disconnect")
-            resume.set()
-            join()
+        self.user_acts_while_the_sync_waits(
+            user_id, "action_exchange_disconnect", *self.paused_before_the_first_page())
         state, saved_state, lease, next_sync = self.read_committed(
             "exchange.mailbox", mailbox_id, "state", "mails_in_state", "sync_lease_until", "next_sync")
         self.assertEqual((state, saved_state, lease, next_sync), ("not_connected", False, False, False),
@@ -586,13 +591,8 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
 
     def test_sync_now_during_a_sync_is_kept(self):
         user_id, _remote, mailbox_id = self.committed_user("sven", mails=1)
-        pausing, paused, resume = self.paused_before_the_first_page()
-        with pausing:
-            join = self.in_thread(self.run_worker, "syncing")
-            self.assertTrue(paused.wait(timeout=60))
-            self.as_user_without_waiting(user_id, "action_exchange_sync_now")
-            resume.set()
-            join()
+        self.user_acts_while_the_sync_waits(
+            user_id, "action_exchange_sync_now", *self.paused_before_the_first_page())
         self.assertEqual(self.runs_committed(user_id), [("done", False, 1)])
         requested, lease = self.read_committed(
             "exchange.mailbox", mailbox_id, "sync_requested", "sync_lease_until")
@@ -631,13 +631,8 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
         # The transaction's snapshot dates from before the request to Microsoft: the lease written
         # after it would meet the user's committed write (a serialization failure) unless read afresh.
         user_id, mailbox_id = self.synced_once_then_due_with_a_new_mail("xena")
-        pausing, paused, resume = self.paused_before_the_first_page()
-        with pausing:
-            join = self.in_thread(self.run_worker, "syncing")
-            self.assertTrue(paused.wait(timeout=60))
-            self.as_user_without_waiting(user_id, "action_exchange_sync_now")
-            resume.set()
-            join()
+        self.user_acts_while_the_sync_waits(
+            user_id, "action_exchange_sync_now", *self.paused_before_the_first_page())
         self.assert_synced_and_requested_again(user_id, mailbox_id)
 
     def test_sync_now_during_a_page_redoes_the_page(self):
@@ -654,15 +649,11 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
                 inside.set()
                 resume.wait(timeout=60)
 
-        Mailbox = type(self.env["exchange.mailbox"])
+        pausing = patch.object(type(self.env["exchange.mailbox"]), "_import_message_page",
+                               import_page_interrupted_once)
         # PostgreSQL's refusal of the first save is logged by the cursor: it is the point of the test.
-        with patch.object(Mailbox, "_import_message_page", import_page_interrupted_once), \
-                mute_logger("odoo.sql_db"):
-            join = self.in_thread(self.run_worker, "syncing")
-            self.assertTrue(inside.wait(timeout=60))
-            self.as_user_without_waiting(user_id, "action_exchange_sync_now")
-            resume.set()
-            join()
+        with mute_logger("odoo.sql_db"):
+            self.user_acts_while_the_sync_waits(user_id, "action_exchange_sync_now", pausing, inside, resume)
         self.assert_synced_and_requested_again(user_id, mailbox_id)
         self.assertEqual(imports[0], imports[1], "the page whose state lost to the user's write was redone")
         self.assertEqual(self.read_committed("exchange.mailbox", mailbox_id, "mails_in_state"), [imports[-1]])
@@ -687,12 +678,9 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
             resume.wait(timeout=60)
             yield from sync_events(backend, *args)
 
-        with patch.object(EwsBackend, "sync_events", sync_events_pausing):
-            join = self.in_thread(self.run_worker, "syncing")
-            self.assertTrue(paused.wait(timeout=60))
-            self.as_user_without_waiting(user_id, "action_exchange_sync_now")
-            resume.set()
-            join()
+        self.user_acts_while_the_sync_waits(
+            user_id, "action_exchange_sync_now", patch.object(EwsBackend, "sync_events", sync_events_pausing),
+            paused, resume)
         self.assertEqual(
             self.read_committed(
                 "exchange.mailbox", mailbox_id, "sync_requested", "sync_lease_until", "last_error"),
