@@ -455,10 +455,12 @@ class ExchangeMailbox(models.Model):
                 # "Started" are ghosts, closed now with the time its lease expired.
                 self.env["exchange.sync.run"]._close_interrupted(
                     self.user_id, self.sync_lease_until or fields.Datetime.now())
-            now = fields.Datetime.now()
+            seconds = budget.remaining()
+            if seconds is None:  # an unlimited budget (a shell): the configured one bounds the lease
+                seconds = self._exchange_run_budget().remaining()
             lease = {"token": uuid.uuid4().hex, "trigger": "manual" if self.sync_requested else "cron",
                      "kinds": self._exchange_requested_kinds(),
-                     "until": now + timedelta(seconds=budget.remaining() + LEASE_MARGIN)}
+                     "until": fields.Datetime.now() + timedelta(seconds=seconds + LEASE_MARGIN)}
             if self.sync_requested:
                 self._exchange_write_lease(lease["token"], lease["until"],
                                            sync_requested=False, sync_requested_kinds=False)
