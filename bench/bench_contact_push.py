@@ -3,7 +3,8 @@
 Runs the real push (``exchange.mailbox._sync_contacts``) of an Odoo database that has the addon
 installed, against a local tenant, in one transaction that is rolled back at the end (the database
 is left as it was). For each protocol it prints the requests the tenant answered, the write
-requests among them, Graph ``$batch`` calls, database writes and wall time for:
+requests among them, Graph ``$batch`` calls, database writes, SQL statements, partners mapped to
+contact values and wall time for:
 
 - the first push (every partner created),
 - a run with no change (target: 0 write requests, no database write besides the sync log): a
@@ -42,15 +43,17 @@ WRITE_VERBS = ("INSERT", "UPDATE", "DELETE")
 
 
 class WriteCounter:
-    """Counts the SQL statements that write, by table, while active."""
+    """Counts the SQL statements, and those that write by table, while active."""
 
     def __init__(self):
         self.tables = collections.Counter()
+        self.statements = 0
 
     def wrap(self, execute):
         counter = self
 
         def counting(cursor, query, params=None, log_exceptions=True):
+            counter.statements += 1
             text = str(getattr(query, "code", query)).lstrip().upper()
             if text.startswith(WRITE_VERBS):
                 words = text.replace('"', " ").split()
@@ -79,10 +82,19 @@ def measure(env, tenant, user, label, trigger="cron"):
     tenant.request_log.clear()
     counter = WriteCounter()
     cursor_class = type(env.cr)
+    partner_class = type(env["res.partner"])
+    contact_values = partner_class._exchange_contact_values
+    mapped = []
+
+    def counting_values(partners, database_uuid):
+        mapped.append(len(partners))
+        return contact_values(partners, database_uuid)
+
     pending = PendingRun(env["exchange.sync.run"], user, "contacts", trigger)
     env.flush_all()
     started = time.perf_counter()
     with patch.object(cursor_class, "execute", counter.wrap(cursor_class.execute)), \
+            patch.object(partner_class, "_exchange_contact_values", counting_values), \
             user._exchange_backend() as backend:
         error = user._exchange_mailbox()._exchange_sync_kind("contacts", backend, pending)
         env.flush_all()
@@ -97,9 +109,11 @@ def measure(env, tenant, user, label, trigger="cron"):
     db_writes = sum(n for table, n in counter.tables.items()
                     if table not in ("exchange_sync_run", "exchange_mailbox"))
     print(f"  {label:<22} {len(entries):>6} operations {len(writes):>6} writes {batches:>5} $batch "
-          f"{db_writes:>6} db writes  {elapsed:7.2f} s   created {run.count_created or 0} "
+          f"{db_writes:>6} db writes {counter.statements:>6} SQL {sum(mapped):>6} mapped  {elapsed:7.2f} s   "
+          f"created {run.count_created or 0} "
           f"updated {run.count_updated or 0} failed {run.count_failed or 0}")
-    return {"requests": len(entries), "writes": len(writes), "batches": batches, "db_writes": db_writes}
+    return {"requests": len(entries), "writes": len(writes), "batches": batches, "db_writes": db_writes,
+            "statements": counter.statements, "mapped": sum(mapped)}
 
 
 def make_partners(env, count):

@@ -7,10 +7,12 @@ calendar through the connector (``exchange.mailbox._sync_events``) into an Odoo 
 prints: HTTP requests the tenant answered, wall time, SQL queries per imported event and the
 process's peak RSS (tenant included: it runs in this process). A second, no-change run follows:
 it should cost one listing per user (Graph: one delta request; EWS: one SyncFolderItems on the
-calendar folder) and write nothing.
+calendar folder) and write nothing. A last run follows a change of the subject of ``--edits`` of the
+single meetings (in every mailbox that has them): SQL queries per changed calendar entry.
 
     $VENV/bin/python bench/bench_event_import.py [--events 2000] [--series 20] [--users 5]
                                                  [--shared 0.3] [--kinds mixed|graph|ews] [--db ect_bench]
+                                                 [--edits 0.2]
 
 The database (default ``ect_bench``) is created with the addon installed the first time (a minute
 or two); every run works in one transaction that is rolled back, so runs do not pile up.
@@ -81,6 +83,23 @@ def seed(tenant, mailboxes, events, series, shared, rng):
         start = today + timedelta(days=rng.randrange(-DAYS_BACK, DAYS_AHEAD), hours=rng.randrange(7, 19))
         add_meeting(tenant.store, spec(f"Meeting {number}", start))
     return series + singles, in_mailboxes
+
+
+def edit_meetings(mailboxes, share, rng):
+    """Change the subject of ``share`` of the single meetings in every mailbox that has them, as
+    their organizers would; returns (meetings, calendar entries) changed."""
+    def singles(mailbox):
+        return [item for item in mailbox.items.values() if item.kind == "event" and not item.recurrence]
+
+    uids = sorted({item.ical_uid for mailbox in mailboxes for item in singles(mailbox)})
+    chosen = set(rng.sample(uids, k=int(len(uids) * share)))
+    entries = 0
+    for mailbox in mailboxes:
+        for item in singles(mailbox):
+            if item.ical_uid in chosen:
+                mailbox.update_item(item.id, subject=f"{item.subject} (changed)")
+                entries += 1
+    return len(chosen), entries
 
 
 def make_users(env, tenant, mailboxes, kinds):
@@ -159,6 +178,8 @@ def main():
     parser.add_argument("--kinds", default="mixed", choices=("mixed", "graph", "ews"))
     parser.add_argument("--db", default=os.environ.get("BENCH_DB", "ect_bench"))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--edits", type=float, default=0.2,
+                        help="fraction of the single meetings changed before the last run (default 0.2)")
     args = parser.parse_args()
     kinds = ["graph", "ews"] if args.kinds == "mixed" else [args.kinds]
 
@@ -215,6 +236,14 @@ def main():
                 )
                 for kind, asked in per_user:
                     print(f"               {kind}: {sum(asked.values())} requests {dict(asked)}")
+                changed, entries = edit_meetings(mailboxes, args.edits, rng)
+                seconds, queries, protocols, _per_user = sync_all(env, users, tenant)
+                env.flush_all()
+                print(
+                    f"after edits  : {changed} meetings changed ({entries} calendar entries) "
+                    f"in {seconds:.2f} s, HTTP requests {sum(protocols.values())}, SQL queries {queries} "
+                    f"({queries / max(entries, 1):.1f} per changed entry)"
+                )
         finally:
             cr.rollback()
 

@@ -36,16 +36,20 @@ class ExchangeMailbox(models.Model):
     contacts_folder_setting = fields.Char(copy=False, groups="base.group_system")
 
     def _sync_contacts(self, backend, run):
-        """A push only when :meth:`_contacts_pending` finds work; "Sync now" always compares the folder."""
+        """A push only when :meth:`_contacts_pending` finds work; "Sync now" always compares the folder.
+
+        The partners are mapped once per sync: the values and fingerprints :meth:`_contacts_pending`
+        computed are those the push sends (``exchange_contact_mapping`` in the context).
+        """
         started = fields.Datetime.now()
-        mailbox = self.with_context(exchange_contacts_full_check=getattr(run, "trigger", None) == "manual")
-        pending = not self.contact_folder_id or mailbox._contacts_pending()
-        result = super(ExchangeMailbox, mailbox)._sync_contacts(backend, run)
-        if pending:
+        mailbox = self.with_context(exchange_contacts_full_check=getattr(run, "trigger", None) == "manual",
+                                    exchange_contact_mapping={})
+        compared = super(ExchangeMailbox, mailbox)._sync_contacts(backend, run)
+        if compared:
             with self._exchange_page():
                 self.write({"contacts_checked_at": started,
                             "contacts_folder_setting": self.user_id.exchange_contact_folder or False})
-        return result
+        return compared
 
     def _contacts_pending(self):
         """Whether the push has work, from the database alone: a partner whose mapped values
@@ -127,14 +131,18 @@ class ExchangeMailbox(models.Model):
         return marked
 
     def _exchange_contact_mapped(self, wanted, database_uuid):
-        """``{partner id: (RemoteContact, fingerprint)}`` of the wanted partners, read in bulk."""
-        Partner = self.env["res.partner"].sudo().with_context(active_test=False)
-        values = Partner.browse(list(wanted))._exchange_contact_values(database_uuid)
-        mapped = {}
-        for partner_id in wanted:
-            contact = contact_from_partner(values[partner_id])
-            mapped[partner_id] = (contact, contact_fingerprint(contact))
-        return mapped
+        """``{partner id: (RemoteContact, fingerprint)}`` of the wanted partners, read in bulk; those
+        this sync mapped already (``exchange_contact_mapping`` in the context) are not read again."""
+        known = self.env.context.get("exchange_contact_mapping")
+        known = {} if known is None else known
+        missing = [partner_id for partner_id in wanted if partner_id not in known]
+        if missing:
+            Partner = self.env["res.partner"].sudo().with_context(active_test=False)
+            values = Partner.browse(missing)._exchange_contact_values(database_uuid)
+            for partner_id in missing:
+                contact = contact_from_partner(values[partner_id])
+                known[partner_id] = (contact, contact_fingerprint(contact))
+        return {partner_id: known[partner_id] for partner_id in wanted}
 
     def _exchange_contact_upserts(self, wanted, marked, present, bindings, database_uuid):
         """Creates and updates for the wanted partners: ``(changes, {partner id: (subscription,

@@ -107,7 +107,7 @@ class ExchangeMailbox(models.Model):
         counts["skipped"] += len(page.items) - len(items)
         listing["seen"].update(item.id for item in items)
         bindings = self._exchange_event_bindings([item.id for item in items] + list(page.removed_ids))
-        cache = self._exchange_event_page_cache(items)
+        cache = self._exchange_event_page_cache(items, bindings)
         try:
             for remote in items:
                 counts[self._exchange_import_event(remote, bindings.get(remote.id), cache)] += 1
@@ -213,32 +213,31 @@ class ExchangeMailbox(models.Model):
         private = is_private(remote)
         if private and user.exchange_event_private == "skip":
             return self._exchange_release_event(binding) if binding else "skipped"
-        event = Events.browse(binding.res_id).exists() if binding else Events
+        event = cache["bound"].get(binding.res_id, Events) if binding else Events
         if not event and remote.ical_uid in cache["outlook_calendar"]:
             return "skipped"  # Odoo's Outlook Calendar brought this meeting already, for another user
         if event and binding.change_key and binding.change_key == remote.change_key:
             return "unchanged"
         as_busy = private and user.exchange_event_private == "busy"
-        key = event_match_key(remote)
-        if key and as_busy:
-            key = f"{key}#busy-{user.id}"  # a placeholder of this user's own: no detail is shared
+        key = self._exchange_event_key(remote)
         if event and key and event.exchange_uid != key:
             # Imported otherwise before (the private setting changed): the user moves to the other event.
             self._exchange_release_event(binding)
-            event = Events
+            event, binding = Events, None
         if not event and key:
-            event = cache["events"].get(key) or Events.search([("exchange_uid", "=", key)], limit=1)
+            # The page's cache holds every event of the page's keys, and those created since.
+            event = cache["events"].get(key, Events)
         if remote.is_cancelled:
             if not event:
                 return "skipped"
             if event.active:
                 event.write({"active": False})
-            self.env["exchange.binding"]._bind(user, event, "event", remote.id, remote.change_key, key)
+            self._exchange_bind_event(binding, event, remote, key)
             return "deleted"
         values = self._exchange_event_values(remote, key, as_busy, cache)
         attendees = self._exchange_event_attendees(remote, as_busy, cache)
         if event:
-            result = self._exchange_update_event(event, values, attendees)
+            result = self._exchange_update_event(event, values, attendees, cache["bound_users"])
         else:
             values.update(
                 partner_ids=[Command.set([partner.id for partner in attendees])],
@@ -252,8 +251,33 @@ class ExchangeMailbox(models.Model):
             result = "created"
         if key:
             cache["events"][key] = event
-        self.env["exchange.binding"]._bind(user, event, "event", remote.id, remote.change_key, key)
+        self._exchange_bind_event(binding, event, remote, key)
         return result
+
+    def _exchange_event_key(self, remote):
+        """The ``exchange_uid`` of the event an entry goes to: the meeting's key, or the user's own
+        "Busy" placeholder's for a private entry imported as busy (no detail is shared)."""
+        key = event_match_key(remote)
+        if key and is_private(remote) and self.user_id.exchange_event_private == "busy":
+            key = f"{key}#busy-{self.user_id.id}"
+        return key
+
+    def _exchange_bind_event(self, binding, event, remote, key):
+        """Bind the entry ``remote`` to ``event``; ``binding`` is the entry's binding read with the page.
+
+        The entry already bound to this event (an update) only gets its change key written: no
+        other binding can hold the event or the remote id (both are unique per user).
+        """
+        if binding and binding.res_id == event.id:
+            values = {"change_key": remote.change_key or False}
+            if key is not None:
+                values["remote_uid"] = key
+            changed = {name: value for name, value in values.items() if binding[name] != value}
+            if changed:
+                binding.write(changed)
+            return binding
+        return self.env["exchange.binding"]._bind(
+            self.user_id, event, "event", remote.id, remote.change_key, key)
 
     def _exchange_event_values(self, remote, key, as_busy, cache):
         """The ``calendar.event`` values of an entry (without attendees and reminders)."""
@@ -320,8 +344,12 @@ class ExchangeMailbox(models.Model):
             result[user_partner] = attendee_state(own)
         return result
 
-    def _exchange_update_event(self, event, values, attendees):
-        """Write what differs on an existing event; return "updated" or "unchanged"."""
+    def _exchange_update_event(self, event, values, attendees, bound_users):
+        """Write what differs on an existing event; return "updated" or "unchanged".
+
+        ``bound_users`` is ``{event id: res.users}``: the users whose mailboxes have the event, as
+        read with the page.
+        """
         changes = {}
         for name in COMPARED_FIELDS:
             if name in values and self._exchange_differs(event, name, values[name]):
@@ -332,8 +360,8 @@ class ExchangeMailbox(models.Model):
         if not event.active:
             changes["active"] = True
         # The attendees are those of this copy plus the users who have the meeting in their calendar.
-        bound_users = self._exchange_event_bindings_of(event).user_id - self.user_id
-        wanted = set(attendees) | set(bound_users.partner_id)
+        others = bound_users.get(event.id, self.env["res.users"]) - self.user_id
+        wanted = set(attendees) | set(others.partner_id)
         current = {attendee.partner_id: attendee for attendee in event.attendee_ids}
         commands = [Command.link(partner.id) for partner in wanted if partner not in current]
         commands += [Command.unlink(partner.id) for partner in current if partner not in wanted]
@@ -436,11 +464,14 @@ class ExchangeMailbox(models.Model):
 
     # -- what a page needs, looked up once ----------------------------------------
 
-    def _exchange_event_page_cache(self, items):
-        """Partners, tags, reminders and already imported events that the page's entries refer to."""
+    def _exchange_event_page_cache(self, items, bindings):
+        """What the page's entries refer to, read once for the page: partners, tags, reminders, the
+        events already bound to them (``bindings``) or imported under their keys, and the users
+        who have those events in their calendars."""
         Events = self._exchange_events()
-        keys = {key for key in map(event_match_key, items) if key}
+        keys = {key for key in map(self._exchange_event_key, items) if key}
         events = Events.search([("exchange_uid", "in", list(keys))]) if keys else Events
+        bound = Events.browse([binding.res_id for binding in bindings.values()]).exists()
         names = {}
         for item in items:
             for attendee in list(item.attendees) + ([item.organizer] if item.organizer else []):
@@ -451,12 +482,26 @@ class ExchangeMailbox(models.Model):
         categories = {name for item in items for name in item.categories if name}
         return {
             "events": {event.exchange_uid: event for event in events},
+            "bound": {event.id: event for event in bound},
+            "bound_users": self._exchange_event_users(events | bound),
             "partners": partners,
             "users_by_partner": users_by_partner,
             "tags": self._exchange_event_tags(categories),
             "alarms": self._exchange_notification_alarms(),
             "outlook_calendar": self._exchange_outlook_calendar_uids(items),
         }
+
+    def _exchange_event_users(self, events):
+        """``{event id: res.users}``: every mailbox's users that have each of ``events`` in their calendar."""
+        if not events:
+            return {}
+        bindings = self.env["exchange.binding"].sudo().search([
+            ("kind", "=", "event"), ("res_model", "=", "calendar.event"), ("res_id", "in", events.ids),
+        ])
+        users = {}
+        for binding in bindings:
+            users[binding.res_id] = users.get(binding.res_id, self.env["res.users"]) | binding.user_id
+        return users
 
     def _exchange_outlook_calendar_uids(self, items):
         """The iCalUIds among ``items`` of meetings that Odoo's Outlook Calendar brought already."""
@@ -475,17 +520,10 @@ class ExchangeMailbox(models.Model):
         matches them (the user's remembered choice, else the partners with that e-mail: the
         oldest when several); unknown ones are created when the company wants it.
         """
-        users = self.env["res.users"].sudo().search([("share", "=", False)])
-        internal = {}
-        for user in users:
-            for raw in (user.exchange_email, user.email):
-                address = normalize_address(raw or "")
-                if address:
-                    internal.setdefault(address, user)
-        result = {address: internal[address].partner_id for address in names if address in internal}
-        users_by_partner = {user.partner_id.id: user.id for user in users}
-        others = [address for address in names if address not in result]
+        internal, users_by_partner = self._exchange_internal_addresses()
         Partners = self.env["res.partner"].sudo()
+        result = {address: Partners.browse(internal[address]) for address in names if address in internal}
+        others = [address for address in names if address not in result]
         matched = Partners._exchange_match_addresses(others, self.user_id)
         for address, partners in matched.items():
             if partners:
@@ -499,6 +537,24 @@ class ExchangeMailbox(models.Model):
             )
             result.update(zip(unknown, created, strict=True))
         return result, users_by_partner
+
+    def _exchange_internal_addresses(self):
+        """``({address: partner id}, {partner id: user id})`` of the internal users, by their mailbox
+        and e-mail addresses; read once per listing (kept in its context), not once per page."""
+        listing = self.env.context.get("exchange_event_listing")
+        if listing and "internal" in listing:
+            return listing["internal"]
+        users = self.env["res.users"].sudo().search([("share", "=", False)])
+        internal = {}
+        for user in users:
+            for raw in (user.exchange_email, user.email):
+                address = normalize_address(raw or "")
+                if address:
+                    internal.setdefault(address, user.partner_id.id)
+        result = (internal, {user.partner_id.id: user.id for user in users})
+        if listing is not None:
+            listing["internal"] = result
+        return result
 
     def _exchange_event_tags(self, names):
         """``{category: calendar.event.type}``, creating the tags Outlook's categories need."""

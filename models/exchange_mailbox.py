@@ -1,6 +1,7 @@
 import collections
 import contextlib
 import logging
+import math
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -32,8 +33,8 @@ DEFAULT_CRON_TIME_BUDGET = 60
 #: A mailbox is not started with less time left: it would only get as far as its first request.
 #: A mailbox without news takes three round trips (well under a second with 200 ms latency).
 MIN_SECONDS_PER_MAILBOX = 2
-#: Seconds a lease outlives the budget: the last request's timeout and the closing bookkeeping fit
-#: in it, so that it expires only when its worker is gone (killed at limit_time_real at the latest).
+#: Seconds a lease outlives the run's budget: the last request's timeout and the closing bookkeeping
+#: fit in it, so that it expires only when its worker is gone (killed at limit_time_real at the latest).
 LEASE_MARGIN = 120
 #: First key of the PostgreSQL advisory locks that keep two workers from syncing one mailbox.
 SYNC_LOCK_NAMESPACE = 0x45584348  # "EXCH"
@@ -125,8 +126,20 @@ class MailboxReleased(Exception):
     page is rolled back) and resumes from the last committed page at the next run."""
 
 
+class MailboxWrittenMeanwhile(MailboxReleased):
+    """A user's write of the mailbox row (e.g. "Sync now") landed while a page was being imported:
+    saving the page's state would have overwritten it (PostgreSQL refused: serialization failure).
+    A listing's page is then redone once in a fresh transaction (``_exchange_save_page``)."""
+
+
 #: What stops a sync without anything being wrong: it continues from the saved states at once.
 INTERRUPTIONS = (TimeBudgetExceeded, MailboxReleased)
+
+
+def retry_after_of(errors):
+    """The seconds Microsoft asked to wait before this mailbox's next request (the longest of the
+    throttling hints among ``errors``), or None. The scheduled job and the queue_job mode both obey it."""
+    return max((error.retry_after for error in errors if getattr(error, "retry_after", None)), default=None)
 
 
 class PendingRun:
@@ -238,7 +251,8 @@ class ExchangeMailbox(models.Model):
                     "last_error_code": getattr(error, "code", None) or False})
 
     def _exchange_record_auth_failure(self, error):
-        """Count a refused sign-in; at the limit, stop using the credentials and tell the user."""
+        """Count a refused sign-in; at the limit, stop using the credentials and tell the user
+        (``_exchange_notify_user``, in exchange_mailbox_status.py with the other texts for users)."""
         self.ensure_one()
         failures = self.auth_failures + 1
         limit = self.env["res.users"]._exchange_param_int("max_auth_failures", DEFAULT_MAX_AUTH_FAILURES)
@@ -289,8 +303,10 @@ class ExchangeMailbox(models.Model):
         ]
 
     @api.model
-    def _exchange_run_budget(self, cron_time_left):
-        """The deadline of one call of the scheduled job: the configured budget, cut to what the cron allows.
+    def _exchange_run_budget(self, cron_time_left=math.inf):
+        """The deadline of one call of the scheduled job (or of one queue_job job): the configured
+        budget, cut to what the cron allows. The one reading of ``exchange_connector.cron_time_budget``:
+        the leases of the run end with its deadline (see :meth:`_exchange_take_lease`).
 
         ``cron_time_left`` is what ``ir.cron._commit_progress`` returned (infinite outside a
         cron run). Odoo calls the job again while it reports remaining work, each call
@@ -359,9 +375,7 @@ class ExchangeMailbox(models.Model):
             if not lease:
                 continue
             try:
-                leased = mailbox.with_context(exchange_sync_lease=lease["token"],
-                                              exchange_sync_kinds=lease.get("kinds"))
-                leased._exchange_sync(budget, lease["trigger"])
+                mailbox._exchange_leased(lease)._exchange_sync(budget, lease["trigger"])
                 synced += 1
             finally:
                 mailbox._exchange_release_lock()
@@ -420,8 +434,9 @@ class ExchangeMailbox(models.Model):
     def _exchange_take_lease(self, budget):
         """Take this mailbox for a sync if it is still due; None when another worker holds or just synced it.
 
-        Returns ``{"token", "trigger"}``. The mailbox's advisory lock is held from here until
-        :meth:`_exchange_release_lock`; the lease itself (``sync_lease_until``,
+        Returns ``{"token", "trigger", "kinds", "until"}`` (see :meth:`_exchange_leased`); the lease
+        lasts until ``budget``'s deadline plus ``LEASE_MARGIN``. The mailbox's advisory lock is held
+        from here until :meth:`_exchange_release_lock`; the lease itself (``sync_lease_until``,
         ``sync_lease_token``) is written by the first page that changes something
         (:meth:`_exchange_check_lease`), so that a sync that finds nothing costs one UPDATE of
         the row, at its end. A "Sync now" is taken at once: the request is cleared with the
@@ -444,19 +459,24 @@ class ExchangeMailbox(models.Model):
                 # "Started" are ghosts, closed now with the time its lease expired.
                 self.env["exchange.sync.run"]._close_interrupted(
                     self.user_id, self.sync_lease_until or fields.Datetime.now())
+            seconds = budget.remaining()
+            if seconds is None:  # an unlimited budget (a shell): the configured one bounds the lease
+                seconds = self._exchange_run_budget().remaining()
             lease = {"token": uuid.uuid4().hex, "trigger": "manual" if self.sync_requested else "cron",
-                     "kinds": self._exchange_requested_kinds()}
+                     "kinds": self._exchange_requested_kinds(),
+                     "until": fields.Datetime.now() + timedelta(seconds=seconds + LEASE_MARGIN)}
             if self.sync_requested:
-                self._exchange_write_lease(lease["token"], sync_requested=False, sync_requested_kinds=False)
+                self._exchange_write_lease(lease["token"], lease["until"],
+                                           sync_requested=False, sync_requested_kinds=False)
             return lease
         except BaseException:
             self._exchange_release_lock()
             raise
 
-    def _exchange_lease_seconds(self):
-        """How long a lease lasts: the longest call of the job, then the margin of its last request."""
-        configured = self.env["res.users"]._exchange_param_int("cron_time_budget", DEFAULT_CRON_TIME_BUDGET)
-        return configured + LEASE_MARGIN
+    def _exchange_leased(self, lease):
+        """This mailbox as the sync holding ``lease`` (of :meth:`_exchange_take_lease`) sees it."""
+        return self.with_context(exchange_sync_lease=lease["token"], exchange_sync_lease_until=lease["until"],
+                                 exchange_sync_kinds=lease.get("kinds"))
 
     def _exchange_commit(self):
         """Commit the work done so far: the cron's progress API, a plain commit outside a cron run."""
@@ -466,7 +486,9 @@ class ExchangeMailbox(models.Model):
         """Raise :class:`MailboxReleased` unless this sync may write: the mailbox is still connected
         and the lease is this sync's, written now if it is not yet.
 
-        Reads the row afresh: the user may have disconnected since the last commit. The lease is
+        Reads the row afresh, in a fresh transaction: the user may have disconnected since the last
+        commit, and the lease written next must not meet a "Sync now" committed after a snapshot
+        that spanned requests to Microsoft (PostgreSQL would refuse the write). The lease is
         written on the first page that changes something and committed at once, so that users
         and other workers see who syncs the mailbox; a lease of another token that is still
         live means another worker took the mailbox over (the advisory lock keeps workers of this
@@ -476,6 +498,7 @@ class ExchangeMailbox(models.Model):
         token = self.env.context.get("exchange_sync_lease")
         if not token:
             return  # a sync outside the scheduler (tests, shell): nobody to share the mailbox with
+        self._exchange_commit()  # the reads of the sync so far held an old snapshot: a fresh one
         self.invalidate_recordset(["state", "sync_lease_token", "sync_lease_until", "sync_requested"])
         if self.state != "connected":
             raise MailboxReleased(f"Exchange mailbox {self.id} was disconnected or taken over meanwhile")
@@ -483,16 +506,14 @@ class ExchangeMailbox(models.Model):
             return
         if self.sync_lease_token and self.sync_lease_until and self.sync_lease_until > fields.Datetime.now():
             raise MailboxReleased(f"Exchange mailbox {self.id} was taken over by another worker")
-        self._exchange_write_lease(token)
+        self._exchange_write_lease(token, self.env.context["exchange_sync_lease_until"])
 
-    def _exchange_write_lease(self, token, **values):
+    def _exchange_write_lease(self, token, until, **values):
         """Write and commit this sync's lease (with ``values``, e.g. the cleared "Sync now")."""
-        now = fields.Datetime.now()
         try:
             with self.env.cr.savepoint():
-                until = now + timedelta(seconds=self._exchange_lease_seconds())
                 self.write(dict(values, sync_lease_until=until, sync_lease_token=token,
-                                last_sync_started=now))
+                                last_sync_started=fields.Datetime.now()))
         except psycopg2.errors.SerializationFailure as error:
             raise MailboxReleased(f"Exchange mailbox {self.id} was changed during its sync") from error
         self._exchange_commit()
@@ -513,8 +534,28 @@ class ExchangeMailbox(models.Model):
             with self.env.cr.savepoint():
                 yield
         except psycopg2.errors.SerializationFailure as error:
-            raise MailboxReleased(f"Exchange mailbox {self.id} was changed during its sync") from error
+            raise MailboxWrittenMeanwhile(
+                f"Exchange mailbox {self.id} was changed during its sync") from error
         self._exchange_commit()
+
+    def _exchange_save_page(self, state_values, import_page, *args):
+        """``import_page(*args)``, then ``state_values`` written on the mailbox, as one page
+        (:meth:`_exchange_page`).
+
+        A page whose state lost to a write of the user's (a "Sync now" clicked meanwhile) is redone
+        once: the retry's lease check, in a fresh transaction, still stops the sync if the write was
+        a Disconnect or another worker took the mailbox over. A page only reads from Microsoft, so
+        doing it again asks the same again.
+        """
+        try:
+            with self._exchange_page():
+                import_page(*args)
+                self.write(state_values)
+        except MailboxWrittenMeanwhile:
+            _logger.info("Exchange mailbox %s was written during a page of its sync: page redone", self.id)
+            with self._exchange_page():
+                import_page(*args)
+                self.write(state_values)
 
     def _exchange_enabled_kinds(self):
         """The kinds this sync does: those the user enabled, only the ones asked for by a per-kind request."""
@@ -551,7 +592,7 @@ class ExchangeMailbox(models.Model):
         current = None
         errors = []
         try:
-            with user._exchange_backend(budget=budget) as backend:
+            with user._exchange_backend(budget=budget, mailbox=self) as backend:
                 for kind in self._exchange_enabled_kinds():
                     current = PendingRun(runs, user, kind, trigger)
                     if trigger == "manual":
@@ -570,6 +611,9 @@ class ExchangeMailbox(models.Model):
                         # also leave the block so that the seam counts it.
                         raise error
                     current = None
+                # The seam writes the outcome on the mailbox row as the block ends: in a fresh
+                # transaction, which a "Sync now" clicked during the last requests cannot conflict with.
+                self._exchange_commit()
         except MailboxReleased:
             _logger.info("Exchange sync of user %s stopped: the mailbox changed meanwhile", user.login)
         except (ExchangeError, UserError) as error:
@@ -621,8 +665,7 @@ class ExchangeMailbox(models.Model):
             values.update(sync_lease_until=False, sync_lease_token=False)
         # Without a lease, no page changed anything: this write is the sync's only one.
         if self.state == "connected":  # not when disconnected or locked out meanwhile
-            retry_after = max((error.retry_after for error in errors if getattr(error, "retry_after", None)),
-                              default=None)
+            retry_after = retry_after_of(errors)
             if retry_after:
                 # Microsoft named the moment it accepts this mailbox again: not a request before.
                 values["next_sync"] = now + timedelta(seconds=retry_after)
@@ -708,9 +751,8 @@ class ExchangeMailbox(models.Model):
         for number, page in enumerate(backend.sync_messages(folder, saved)):
             if self._exchange_page_is_news(page, number, saved):
                 record = self._exchange_start_run(run)
-                with self._exchange_page():
-                    self._import_message_page(folder_kind, page, record)
-                    self.write({state_field: page.state})
+                self._exchange_save_page(
+                    {state_field: page.state}, self._import_message_page, folder_kind, page, record)
 
     @staticmethod
     def _exchange_page_is_news(page, number, saved):
@@ -752,9 +794,7 @@ class ExchangeMailbox(models.Model):
         for number, page in enumerate(backend.sync_events(start, end, saved)):
             if self._exchange_page_is_news(page, number, saved):
                 record = self._exchange_start_run(run)
-                with self._exchange_page():
-                    self._import_event_page(page, record)
-                    self.write({"events_state": page.state})
+                self._exchange_save_page({"events_state": page.state}, self._import_event_page, page, record)
 
     def _import_event_page(self, page, run):
         """Import one page of calendar entries (:class:`RemoteEvent` items, removed ids).
@@ -770,11 +810,11 @@ class ExchangeMailbox(models.Model):
         The folder is the user's setting: the main Contacts folder (empty) or a named subfolder.
         When it changed, :meth:`_sync_contacts_folder_changed` first cleans up the old one.
         Nothing is asked of Microsoft when the folder is known and :meth:`_contacts_pending`
-        finds nothing to push.
+        finds nothing to push. Returns True once the push compared the folder, None otherwise.
         """
         self.ensure_one()
         if self.contact_folder_id and not self._contacts_pending():
-            return
+            return None
         folder = backend.ensure_contact_folder(self.user_id.exchange_contact_folder or "")
         if self.contact_folder_id != folder.id:
             if self.contact_folder_id:
@@ -790,6 +830,7 @@ class ExchangeMailbox(models.Model):
         self._exchange_commit()
         if stop is not None:
             raise stop
+        return True
 
     def _sync_contacts_folder_changed(self, backend, old_folder, run):
         """The user chose another contact folder; the contact feature cleans up ``old_folder``."""

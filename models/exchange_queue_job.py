@@ -2,8 +2,7 @@ import logging
 
 from odoo import api, models
 
-from ..services import RunBudget
-from .exchange_mailbox import DEFAULT_CRON_TIME_BUDGET, INTERRUPTIONS
+from .exchange_mailbox import INTERRUPTIONS, retry_after_of
 
 _logger = logging.getLogger(__name__)
 
@@ -80,21 +79,17 @@ class ExchangeMailbox(models.Model):
         again to continue from the saved states.
         """
         self.ensure_one()
-        seconds = self.env["res.users"]._exchange_param_int("cron_time_budget", DEFAULT_CRON_TIME_BUDGET)
-        budget = RunBudget(seconds)
+        budget = self._exchange_run_budget()
         # A fresh snapshot before the lock: the due check must see the last worker's commit.
         self._exchange_commit()
         lease = self._exchange_take_lease(budget)
         if not lease:
             return self.env._("Not due: synced meanwhile, or being synced by another worker.")
         try:
-            leased = self.with_context(exchange_sync_lease=lease["token"],
-                                       exchange_sync_kinds=lease.get("kinds"))
-            errors = leased._exchange_sync(budget, lease["trigger"])
+            errors = self._exchange_leased(lease)._exchange_sync(budget, lease["trigger"])
         finally:
             self._exchange_release_lock()
-        retry_after = max((error.retry_after for error in errors if getattr(error, "retry_after", None)),
-                          default=None)
+        retry_after = retry_after_of(errors)
         if retry_after:
             from odoo.addons.queue_job.exception import RetryableJobError  # noqa: PLC0415 - optional addon
 

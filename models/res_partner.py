@@ -1,3 +1,5 @@
+from collections import defaultdict
+
 from odoo import api, fields, models
 
 from ..services.addresses import address_variants, normalize_address
@@ -74,8 +76,8 @@ class ResPartner(models.Model):
 
     @api.depends_context("uid")
     def _compute_exchange_in_my_outlook(self):
-        mine = set(self._exchange_subscriptions().filtered(
-            lambda s: s.user_id == self.env.user).partner_id.ids)
+        mine = set(self.env["exchange.contact.subscription"].sudo().search([
+            ("user_id", "=", self.env.uid), ("partner_id", "in", self.ids)]).partner_id.ids)
         for partner in self:
             partner.exchange_in_my_outlook = partner.id in mine
 
@@ -163,13 +165,19 @@ class ResPartner(models.Model):
     def _exchange_follow_salespeople(self, previous=None):
         """Subscribe the new salesperson who keeps their customers subscribed; unsubscribe the previous
         one who asked for it. No request to Microsoft: the next push of each user does the work."""
-        subscriptions = self.env["exchange.contact.subscription"].sudo()
+        # A bulk reassignment is one pass per salesperson, not one per partner.
+        to_subscribe, to_unsubscribe = defaultdict(list), defaultdict(list)
         for partner in self.sudo():
             old = (previous or {}).get(partner.id) or self.env["res.users"]
             new = partner.user_id
             if old == new:
                 continue
             if new.exchange_keep_customers_subscribed:
-                subscriptions._subscribe_readable(partner, new)
+                to_subscribe[new].append(partner.id)
             if old and old.exchange_unsubscribe_reassigned_customers:
-                subscriptions._unsubscribe(partner, old)
+                to_unsubscribe[old].append(partner.id)
+        subscriptions = self.env["exchange.contact.subscription"].sudo()
+        for user, partner_ids in to_subscribe.items():
+            subscriptions._subscribe_readable(self.browse(partner_ids), user)
+        for user, partner_ids in to_unsubscribe.items():
+            subscriptions._unsubscribe(self.browse(partner_ids), user)

@@ -859,7 +859,7 @@ class ResUsers(models.Model):
     # -- THE seam to Microsoft ------------------------------------------------
 
     @contextlib.contextmanager
-    def _exchange_backend(self, budget=None):
+    def _exchange_backend(self, budget=None, mailbox=None):
         """Yield this user's mailbox backend (Graph or EWS) — the only way models reach Microsoft.
 
         ::
@@ -878,11 +878,12 @@ class ResUsers(models.Model):
         runs never get the account locked out by Exchange; an Exchange account that refused too
         many passwords lately gets none either (``exchange.sign.in.failure``), whatever was
         written meanwhile. Let AuthenticationError propagate out of the block; callers that turn
-        errors into a UserError roll the counting back.
+        errors into a UserError roll the counting back. A caller that holds the user's
+        exchange.mailbox already (a sync) passes it as ``mailbox``: it is not looked up again.
         """
         self.ensure_one()
         user = self.sudo()
-        mailbox = user._exchange_mailbox()
+        mailbox = mailbox.sudo() if mailbox else user._exchange_mailbox()
         if mailbox.state == "auth_failed":
             raise UserError(mailbox._exchange_lockout_sentence())
         failures = self.env["exchange.sign.in.failure"]

@@ -353,6 +353,35 @@ class TestContactSubscriptionUi(TransactionCase):
         self.assertFalse(Partner.search([("exchange_in_my_outlook", "=", True)]))
         self.assertTrue(self.partners[0].with_user(self.other).exchange_in_my_outlook)
 
+    def test_bulk_reassignment_is_one_pass_whatever_the_number_of_customers(self):
+        leaving = new_test_user(self.env, login="outlook.leaving", name="Leaving Salesperson")
+        taking = new_test_user(self.env, login="outlook.taking", name="Taking Salesperson")
+        leaving.write({"exchange_keep_customers_subscribed": True,
+                       "exchange_unsubscribe_reassigned_customers": True})
+        taking.exchange_keep_customers_subscribed = True
+        Subscription = self.env["exchange.contact.subscription"]
+
+        def reassign(count):
+            """Queries of moving ``count`` customers from one salesperson to the other at once."""
+            customers = self.env["res.partner"].create(
+                [{"name": f"Customer {count}.{number}", "user_id": leaving.id} for number in range(count)])
+            self.assertEqual(Subscription.search([("partner_id", "in", customers.ids)]).user_id, leaving)
+            # Odoo's own write works partner by partner (commercial fields): only the connector's
+            # follow-up is counted.
+            with patch.object(type(customers), "_exchange_follow_salespeople"):
+                customers.write({"user_id": taking.id})
+            self.env.flush_all()
+            before = self.env.cr.sql_log_count
+            customers._exchange_follow_salespeople(dict.fromkeys(customers.ids, leaving))
+            self.env.flush_all()
+            queries = self.env.cr.sql_log_count - before
+            subscribed = Subscription.search([("partner_id", "in", customers.ids)])
+            self.assertEqual((subscribed.user_id, len(subscribed)), (taking, count))
+            return queries
+
+        reassign(2)  # caches warm
+        self.assertEqual(reassign(5), reassign(25), "the same queries for 5 or 25 customers")
+
     def test_views(self):
         views = self.env["res.partner"].with_user(self.user).get_views(
             [(False, "form"), (False, "search")])["views"]

@@ -368,6 +368,34 @@ class TestEventImport(EventImportMixin, ConfiguredTenantMixin, TransactionCase):
                 self.sync(user, colleague)
                 self.assertFalse(event.exists() and event.active, "a cancelled meeting leaves the calendar")
 
+    def queries_of_changing(self, count, user, remote, colleague, colleague_remote):
+        """Queries of ``user``'s sync after ``count`` of their meetings with ``colleague`` changed."""
+        meetings = [
+            self.meeting(colleague_remote, remote, f"Review {count}.{number}",
+                         self.at(number % 5 + 1, 9 + number))
+            for number in range(count)
+        ]
+        self.sync(user, colleague)
+        for items in meetings:
+            for item, mailbox in zip(items, (colleague_remote, remote), strict=True):
+                mailbox.update_item(item.id, subject=f"{item.subject} (moved)")
+        self.env.flush_all()
+        before = self.env.cr.sql_log_count
+        runs = self.sync(user)
+        self.env.flush_all()
+        self.assertEqual(runs.count_updated, count)
+        return self.env.cr.sql_log_count - before
+
+    def test_changed_meetings_are_read_per_page_not_per_entry(self):
+        for kind in KINDS:
+            with self.subTest(kind=kind):
+                users = (*self.mailbox_user(kind, "pages"), *self.mailbox_user(kind, "pages"))
+                self.queries_of_changing(1, *users)  # caches warm
+                two, six = self.queries_of_changing(2, *users), self.queries_of_changing(6, *users)
+                # Per changed entry: an exists(), a search of the event's bindings and the two
+                # searches of _bind before (about 5 queries); now what the page reads covers them.
+                self.assertLessEqual(six - two, 4, f"{two} queries for 2 changed meetings, {six} for 6")
+
     def test_removed_from_one_of_two_calendars(self):
         for kind in KINDS:
             with self.subTest(kind=kind):
@@ -626,8 +654,8 @@ class TestEventImportConcurrency(EventImportMixin, WorkerThreadsMixin, Transacti
         marco_looked, anna_done = threading.Event(), threading.Event()
         page_cache = type(self.env["exchange.mailbox"])._exchange_event_page_cache
 
-        def page_cache_then_wait(mailbox, items):
-            cache = page_cache(mailbox, items)
+        def page_cache_then_wait(mailbox, *args):
+            cache = page_cache(mailbox, *args)
             if threading.current_thread().name == "marco" and not marco_looked.is_set():
                 marco_looked.set()
                 anna_done.wait(timeout=60)

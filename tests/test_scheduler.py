@@ -538,6 +538,16 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
             user = api.Environment(cr, SUPERUSER_ID, {})["res.users"].browse(user_id)
             getattr(user.with_user(user), method)()
 
+    def user_acts_while_the_sync_waits(self, user_id, method, pausing, paused, resume):
+        """A worker syncs with ``pausing`` applied; the user calls ``method`` once ``paused`` is set,
+        then the worker is resumed and finishes."""
+        with pausing:
+            join = self.in_thread(self.run_worker, "syncing")
+            self.assertTrue(paused.wait(timeout=60))
+            self.as_user_without_waiting(user_id, method)
+            resume.set()
+            join()
+
     def test_a_killed_worker_loses_only_the_page_it_was_on(self):
         user_id, _remote, mailbox_id = self.committed_user("kilian", mails=5)
         self.enterContext(self.ews_pages_of(2))
@@ -571,13 +581,8 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
 
     def test_disconnect_during_a_sync_does_not_wait_for_it(self):
         user_id, _remote, mailbox_id = self.committed_user("dora", mails=1)
-        pausing, paused, resume = self.paused_before_the_first_page()
-        with pausing:
-            join = self.in_thread(self.run_worker, "syncing")
-            self.assertTrue(paused.wait(timeout=60))
-            self.as_user_without_waiting(user_id, "action_exchange_disconnect")
-            resume.set()
-            join()
+        self.user_acts_while_the_sync_waits(
+            user_id, "action_exchange_disconnect", *self.paused_before_the_first_page())
         state, saved_state, lease, next_sync = self.read_committed(
             "exchange.mailbox", mailbox_id, "state", "mails_in_state", "sync_lease_until", "next_sync")
         self.assertEqual((state, saved_state, lease, next_sync), ("not_connected", False, False, False),
@@ -586,13 +591,8 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
 
     def test_sync_now_during_a_sync_is_kept(self):
         user_id, _remote, mailbox_id = self.committed_user("sven", mails=1)
-        pausing, paused, resume = self.paused_before_the_first_page()
-        with pausing:
-            join = self.in_thread(self.run_worker, "syncing")
-            self.assertTrue(paused.wait(timeout=60))
-            self.as_user_without_waiting(user_id, "action_exchange_sync_now")
-            resume.set()
-            join()
+        self.user_acts_while_the_sync_waits(
+            user_id, "action_exchange_sync_now", *self.paused_before_the_first_page())
         self.assertEqual(self.runs_committed(user_id), [("done", False, 1)])
         requested, lease = self.read_committed(
             "exchange.mailbox", mailbox_id, "sync_requested", "sync_lease_until")
@@ -607,6 +607,84 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
             runs = api.Environment(cr, SUPERUSER_ID, {})["exchange.sync.run"].search(
                 [("user_id", "=", user_id), ("kind", "=", "mails")], order="id")
             self.assertEqual(runs.mapped("trigger"), ["cron", "manual"])
+
+
+    def synced_once_then_due_with_a_new_mail(self, name):
+        """A committed user whose transfer folder the first sync remembered, due again with a new mail."""
+        user_id, remote, mailbox_id = self.committed_user(name, mails=1)
+        self.in_thread(self.run_worker, "first")()
+        self.add_mails(remote, 1)
+        with self.registry.cursor() as cr:
+            api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"].browse(mailbox_id).next_sync = \
+                fields.Datetime.now() - timedelta(minutes=1)
+        return user_id, mailbox_id
+
+    def assert_synced_and_requested_again(self, user_id, mailbox_id):
+        runs = self.runs_committed(user_id)
+        self.assertEqual(len(runs), 2)
+        self.assertEqual(runs[-1][:2], ("done", False), "the sync that was running is not cut short")
+        requested, lease = self.read_committed(
+            "exchange.mailbox", mailbox_id, "sync_requested", "sync_lease_until")
+        self.assertEqual((requested, lease), (True, False), "the request outlives the sync that was running")
+
+    def test_sync_now_while_a_known_folder_is_listed_does_not_stop_the_sync(self):
+        # The transaction's snapshot dates from before the request to Microsoft: the lease written
+        # after it would meet the user's committed write (a serialization failure) unless read afresh.
+        user_id, mailbox_id = self.synced_once_then_due_with_a_new_mail("xena")
+        self.user_acts_while_the_sync_waits(
+            user_id, "action_exchange_sync_now", *self.paused_before_the_first_page())
+        self.assert_synced_and_requested_again(user_id, mailbox_id)
+
+    def test_sync_now_during_a_page_redoes_the_page(self):
+        user_id, mailbox_id = self.synced_once_then_due_with_a_new_mail("yuri")
+        inside, resume = threading.Event(), threading.Event()
+        self.addCleanup(resume.set)
+        imports = []
+        import_page = type(self.env["exchange.mailbox"])._import_message_page
+
+        def import_page_interrupted_once(mailbox, folder_kind, page, run):
+            import_page(mailbox, folder_kind, page, run)
+            imports.append(page.state)
+            if not inside.is_set():
+                inside.set()
+                resume.wait(timeout=60)
+
+        pausing = patch.object(type(self.env["exchange.mailbox"]), "_import_message_page",
+                               import_page_interrupted_once)
+        # PostgreSQL's refusal of the first save is logged by the cursor: it is the point of the test.
+        with mute_logger("odoo.sql_db"):
+            self.user_acts_while_the_sync_waits(user_id, "action_exchange_sync_now", pausing, inside, resume)
+        self.assert_synced_and_requested_again(user_id, mailbox_id)
+        self.assertEqual(imports[0], imports[1], "the page whose state lost to the user's write was redone")
+        self.assertEqual(self.read_committed("exchange.mailbox", mailbox_id, "mails_in_state"), [imports[-1]])
+
+
+    def test_sync_now_during_the_last_request_leaves_the_outcome_written(self):
+        user_id, _remote, mailbox_id = self.committed_user("zoe")
+        self.in_thread(self.run_worker, "first")()
+        with self.registry.cursor() as cr:
+            api.Environment(cr, SUPERUSER_ID, {})["exchange.mailbox"].browse(mailbox_id).write({
+                "last_error": "An earlier failure",
+                "next_sync": fields.Datetime.now() - timedelta(minutes=1),
+            })
+        # Nothing new: no page, no commit after the calendar's listing, where the user clicks;
+        # the seam then clears the earlier error on the mailbox row as the sync ends.
+        paused, resume = threading.Event(), threading.Event()
+        self.addCleanup(resume.set)
+        sync_events = EwsBackend.sync_events
+
+        def sync_events_pausing(backend, *args):
+            paused.set()
+            resume.wait(timeout=60)
+            yield from sync_events(backend, *args)
+
+        self.user_acts_while_the_sync_waits(
+            user_id, "action_exchange_sync_now", patch.object(EwsBackend, "sync_events", sync_events_pausing),
+            paused, resume)
+        self.assertEqual(
+            self.read_committed(
+                "exchange.mailbox", mailbox_id, "sync_requested", "sync_lease_until", "last_error"),
+            [True, False, False], "the sync ended normally: request kept, no lease left, old error cleared")
 
 
 @tagged("post_install", "-at_install")
