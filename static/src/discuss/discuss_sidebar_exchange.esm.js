@@ -149,6 +149,22 @@ export class DiscussSidebarExchange extends Component {
         return _t("Last sync: %(date)s", { date: formatDateTime(deserializeDateTime(lastSync)) });
     }
 
+    /** The dry run's lines, whole sentences so that each language can order them its own way. */
+    previewMailsText(folder) {
+        const values = { count: folder.count, folder: folder.folder };
+        return folder.exists
+            ? _t("import %(count)s mails from %(folder)s", values)
+            : _t("import %(count)s mails from %(folder)s (a folder it creates)", values);
+    }
+
+    get previewEventsText() {
+        return _t("import %(count)s calendar entries of your window", { count: this.state.preview.events });
+    }
+
+    get previewContactsText() {
+        return _t("push %(count)s contacts to Outlook", { count: this.state.preview.contacts });
+    }
+
     kindLabel(kind) {
         return {
             mails: _t("Mails"),
