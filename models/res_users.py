@@ -424,7 +424,7 @@ class ResUsers(models.Model):
         mailboxes = self.env["exchange.mailbox"].sudo().search([("user_id", "in", visible.ids)])
         return visible, {mailbox.user_id.id: mailbox for mailbox in mailboxes}
 
-    @api.depends_context("uid")
+    @api.depends_context("uid", "lang")
     def _compute_exchange_status(self):
         _visible, by_user = self._exchange_visible_mailboxes()
         for user in self:

@@ -117,9 +117,14 @@ class TestGermanTabTour(ConfiguredTenantMixin, HttpCase):
         self.start_tour(f"/odoo/my-mailbox/{user.id}", "exchange_connector_german_tab", login=user.login)
         self.env.invalidate_all()
         self.assertEqual(user.exchange_health, "failing")
-        self.assertIn("Exchange hat den Benutzernamen oder das Passwort abgelehnt",
-                      user.with_context(lang="en_US").exchange_last_error,
+        mailbox = user._exchange_mailbox()
+        self.assertIn("Exchange hat den Benutzernamen oder das Passwort abgelehnt", mailbox.last_error,
                       "the error recorded for the user is the sentence they read, in their language")
+        self.assertIn("Exchange refused the user name or password",
+                      user.with_context(lang="en_US").exchange_last_error,
+                      "a reader in another language reads it in theirs")
+        self.assertIn("Exchange hat den Benutzernamen oder das Passwort abgelehnt",
+                      user.with_context(lang="de_DE").exchange_last_error)
 
     def test_discuss_section_in_german(self):
         user, _remote = self.connected_user("ews", "gustav", lang="de_DE")
