@@ -25,7 +25,7 @@ import urllib.request
 
 import websocket
 
-WIDTH, HEIGHT = 1280, 800
+WIDTH, HEIGHT = 1280, 960
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(os.path.dirname(HERE), "static", "description")
 

@@ -138,8 +138,9 @@ def resolve_time(value, now=None, time_zone="UTC"):
 # ---------------------------------------------------------------- MIME building
 
 
-def tiny_png(rgb=(0, 103, 184), size=8):
-    """A valid solid-colour PNG (for inline images in demo mails)."""
+def tiny_png(rgb=(0, 103, 184), size=8, width=None):
+    """A valid PNG for inline images in demo mails: a solid ``size`` square, or a ``width`` ×
+    ``size`` banner in that colour with a white band, as a letterhead logo would be."""
 
     def chunk(kind, data):
         return (
@@ -149,11 +150,14 @@ def tiny_png(rgb=(0, 103, 184), size=8):
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         )
 
-    row = b"\x00" + bytes(rgb) * size
+    width = width or size
+    row = b"\x00" + bytes(rgb) * width
+    band = b"\x00" + bytes(rgb) * (width // 4) + b"\xff\xff\xff" * (width - width // 4)
+    rows = [band if width != size and size // 3 <= y < size - size // 3 else row for y in range(size)]
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(row * size))
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, size, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
         + chunk(b"IEND", b"")
     )
 
@@ -223,7 +227,7 @@ def build_mime(spec, now=None, time_zone="UTC", default_to=None):
         html_part = message.get_body(preferencelist=("html",))
         for image in spec.get("inline_images") or []:
             html_part.add_related(
-                tiny_png(tuple(image.get("rgb", (0, 103, 184)))),
+                tiny_png(tuple(image.get("rgb", (0, 103, 184))), image.get("height", 8), image.get("width")),
                 "image",
                 "png",
                 cid="<{}>".format(image["cid"]),
