@@ -152,11 +152,15 @@ class ExchangeMailbox(models.Model):
             if waiting:
                 text = self.env._("%(text)s, %(count)s waiting for you", text=text, count=waiting)
         elif run.kind == "events":
-            text = self.env._("%(created)s events added, %(updated)s updated, %(deleted)s removed",
-                     created=run.count_created, updated=run.count_updated, deleted=run.count_deleted)
+            text = self.env._("1 event added") if run.count_created == 1 else \
+                self.env._("%(count)s events added", count=run.count_created)
+            text = self.env._("%(text)s, %(updated)s updated, %(deleted)s removed",
+                              text=text, updated=run.count_updated, deleted=run.count_deleted)
         else:
-            text = self.env._("%(created)s contacts added, %(updated)s updated, %(deleted)s removed",
-                     created=run.count_created, updated=run.count_updated, deleted=run.count_deleted)
+            text = self.env._("1 contact added") if run.count_created == 1 else \
+                self.env._("%(count)s contacts added", count=run.count_created)
+            text = self.env._("%(text)s, %(updated)s updated, %(deleted)s removed",
+                              text=text, updated=run.count_updated, deleted=run.count_deleted)
         if run.count_failed:
             text = self.env._("%(text)s, %(count)s failed", text=text, count=run.count_failed)
         if run.state == "partial":

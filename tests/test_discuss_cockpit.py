@@ -197,6 +197,23 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
         with self.assertRaises(UserError):
             Cockpit.exchange_cockpit_open_waiting()
 
+    def test_each_run_reads_as_one_sentence(self):
+        user, _remote = self.connected_user("ews", "sina")
+        Run = self.env["exchange.sync.run"].sudo()
+
+        def text(kind, state="done", **counts):
+            run = Run.create(dict({"user_id": user.id, "kind": kind, "state": state},
+                                  **{f"count_{name}": count for name, count in counts.items()}))
+            return self.env["exchange.mailbox"]._exchange_cockpit_run_text(run)
+
+        self.assertEqual(text("mails", created=1), "1 mail imported")
+        self.assertEqual(text("mails", created=12, failed=1), "12 mails imported, 1 failed")
+        self.assertEqual(text("events", created=1, updated=2), "1 event added, 2 updated, 0 removed")
+        self.assertEqual(text("events", created=3, deleted=1), "3 events added, 0 updated, 1 removed")
+        self.assertEqual(text("contacts", created=1), "1 contact added, 0 updated, 0 removed")
+        self.assertEqual(text("contacts", "partial", created=0, updated=5),
+                         "0 contacts added, 5 updated, 0 removed (continues at the next run)")
+
     def test_office_365_mailbox_not_connected_offers_connect(self):
         user, _remote = self.graph_user(self.env, "nora")
         user.with_user(user).action_exchange_disconnect()
