@@ -70,21 +70,10 @@ class ExchangeMailbox(models.Model):
         for every enabled kind.
         """
         user = self.env.user
-        if kind is None:
-            user.action_exchange_sync_now()
-            return self.exchange_cockpit()
-        if kind not in COCKPIT_KINDS:
+        if kind is not None and kind not in COCKPIT_KINDS:
             raise UserError(self.env._("Unknown kind of synchronisation: %(kind)s", kind=kind))
         user._exchange_check_may_use_mailboxes()
-        mailbox = user.sudo()._exchange_mailbox()
-        if mailbox.state != "connected":
-            raise UserError(self.env._("Connect your mailbox first."))
-        if not mailbox.sync_requested:
-            mailbox.write({"sync_requested": True, "sync_requested_kinds": kind})
-        elif mailbox.sync_requested_kinds and kind not in mailbox.sync_requested_kinds.split(","):
-            mailbox.sync_requested_kinds = f"{mailbox.sync_requested_kinds},{kind}"
-        # else: already asked for (or "Sync all" is pending, which includes it)
-        self.env.ref("exchange_connector.ir_cron_exchange_sync").sudo()._trigger()
+        user.sudo()._exchange_mailbox()._exchange_request_sync(kind)
         return self.exchange_cockpit()
 
     @api.model

@@ -567,6 +567,30 @@ class ExchangeMailbox(models.Model):
             ("contacts", user.exchange_sync_contacts),
         ) if enabled and (not only or kind in only)]
 
+    def _exchange_request_sync(self, kind=None):
+        """Ask for a sync of this mailbox now, of one ``kind`` or (None) of every enabled kind.
+
+        Only the request is written and the scheduled job triggered: the job does the work in
+        the background. A running sync holds a lease, not the row: the request waits for nothing,
+        and it makes the mailbox due again as soon as that sync ends. A request for one kind adds
+        to one already pending; one for all replaces it.
+        """
+        for mailbox in self:
+            if mailbox.state == "auth_failed":
+                raise UserError(mailbox._exchange_lockout_sentence())
+            if mailbox.state != "connected":
+                if mailbox.user_id == self.env.user:
+                    raise UserError(self.env._("Connect your mailbox first."))
+                raise UserError(self.env._("Connect the mailbox of %(user)s first.", user=mailbox.user_id.name))
+            if kind is None:
+                mailbox.write({"sync_requested": True, "sync_requested_kinds": False})
+            elif not mailbox.sync_requested:
+                mailbox.write({"sync_requested": True, "sync_requested_kinds": kind})
+            elif mailbox.sync_requested_kinds and kind not in mailbox.sync_requested_kinds.split(","):
+                mailbox.sync_requested_kinds = f"{mailbox.sync_requested_kinds},{kind}"
+            # else: already asked for (or "Sync all" is pending, which includes it)
+        self.env.ref("exchange_connector.ir_cron_exchange_sync").sudo()._trigger()
+
     def _exchange_requested_kinds(self):
         """The kinds a per-kind request asked for (None: all of them, or no request)."""
         if not self.sync_requested or not self.sync_requested_kinds:

@@ -1032,17 +1032,10 @@ class ResUsers(models.Model):
         self._exchange_check_may_use_mailboxes()
         if any(user != self.env.user for user in self) and not self.env.user.has_group("base.group_system"):
             raise AccessError(self.env._("You can only synchronise your own mailbox."))
+        mailboxes = self.env["exchange.mailbox"].sudo()
         for user in self:
-            mailbox = user.sudo()._exchange_mailbox()
-            if mailbox.state == "auth_failed":
-                raise UserError(mailbox._exchange_lockout_sentence())
-            if mailbox.state != "connected":
-                raise UserError(self.env._("Connect the mailbox of %(user)s first.", user=user.name))
-            # A running sync holds a lease, not the row: the request waits for nothing, and it
-            # makes the mailbox due again as soon as that sync ends.
-            mailbox.sync_requested = True
-            mailbox.sync_requested_kinds = False  # "Sync all": every enabled kind
-        self.env.ref("exchange_connector.ir_cron_exchange_sync").sudo()._trigger()
+            mailboxes |= user.sudo()._exchange_mailbox()
+        mailboxes._exchange_request_sync()
         return {
             "type": "ir.actions.client",
             "tag": "display_notification",

@@ -191,6 +191,12 @@ class TestDiscussCockpit(MailImportMixin, HttpCase):
 
         with self.assertRaises(UserError):
             Cockpit.exchange_cockpit_request("everything")
+        mailbox.state = "auth_failed"
+        for kind in ("mails", None):
+            with self.assertRaises(UserError) as refused:
+                Cockpit.exchange_cockpit_request(kind)
+            self.assertEqual(str(refused.exception), mailbox._exchange_lockout_sentence(),
+                             "a locked mailbox says why and what to do, whichever button")
         user._exchange_mark_disconnected()
         with self.assertRaises(UserError):
             Cockpit.exchange_cockpit_request("mails")
