@@ -581,7 +581,8 @@ class ExchangeMailbox(models.Model):
             if mailbox.state != "connected":
                 if mailbox.user_id == self.env.user:
                     raise UserError(self.env._("Connect your mailbox first."))
-                raise UserError(self.env._("Connect the mailbox of %(user)s first.", user=mailbox.user_id.name))
+                raise UserError(self.env._(
+                    "Connect the mailbox of %(user)s first.", user=mailbox.user_id.name))
             if kind is None:
                 mailbox.write({"sync_requested": True, "sync_requested_kinds": False})
             elif not mailbox.sync_requested:
