@@ -144,7 +144,9 @@ class ExchangeMail(models.Model):
             "email_to": parsed.get("to") or False,
             "email_cc": parsed.get("cc") or False,
             "date": parsed.get("date") or fields.Datetime.now(),
-            "preview": html2plaintext(parsed.get("body") or "")[:PREVIEW_CHARS],
+            # One paragraph without link targets: it is read in a list row of the wizard.
+            "preview": " ".join(html2plaintext(parsed.get("body") or "", include_references=False).split())[
+                :PREVIEW_CHARS],
             "attachment_names": "\n".join(str(name) for name in names) or False,
         }
 

@@ -114,3 +114,13 @@ class TestMailAssignment(MailImportMixin, ConfiguredTenantMixin, TransactionCase
         self.assertEqual(len(remote.items_in(folder.id)), 1)
         self.sync_mails(user)
         self.assertFalse(remote.items_in(folder.id), "deleted at the next sync, once the decision is stored")
+
+    def test_the_preview_is_the_text_alone(self):
+        user, remote = self.connected_user("graph", "previewer")
+        html = ('<p>Dear Anna,</p>\n\n<p>our <a href="https://shop.example/offer?id=7">offer</a> '
+                'with our logo <img src="cid:logo@x" alt="logo">.</p>\n<p>\n\n\nRegards</p>')
+        self.drop(remote, mime("Offer", "Anna <anna@dup.test>", remote.email, "<preview@dup.test>", html=html))
+        self.sync_mails(user)
+        waiting = self.mails_of(user, state="queued")
+        self.assertEqual(waiting.preview, "Dear Anna, our offer with our logo . Regards",
+                         "the text as it reads, in one paragraph: no link targets, no image references")
