@@ -119,7 +119,8 @@ class TestMailAssignment(MailImportMixin, ConfiguredTenantMixin, TransactionCase
         user, remote = self.connected_user("graph", "previewer")
         html = ('<p>Dear Anna,</p>\n\n<p>our <a href="https://shop.example/offer?id=7">offer</a> '
                 'with our logo <img src="cid:logo@x" alt="logo">.</p>\n<p>\n\n\nRegards</p>')
-        self.drop(remote, mime("Offer", "Anna <anna@dup.test>", remote.email, "<preview@dup.test>", html=html))
+        self.drop(remote, mime("Offer", "Anna <anna@dup.test>", remote.email, "<preview@dup.test>",
+                               html=html))
         self.sync_mails(user)
         waiting = self.mails_of(user, state="queued")
         self.assertEqual(waiting.preview, "Dear Anna, our offer with our logo . Regards",
