@@ -159,10 +159,10 @@ class TestUserInput(ExchangeTenantMixin, TransactionCase):
         self.me.write({"exchange_ca_bundle": "Our CA:\n" + self.tenant_ca_pem()})
 
     def test_unused_ca_files_are_removed(self):
-        Users = self.env["res.users"]
-        old_path = self.user._exchange_ews_verify()
+        mailbox = self.user._exchange_mailbox()
+        old_path = mailbox._exchange_ews_verify()
         folder = os.path.dirname(old_path)
-        self.assertEqual(folder, Users._exchange_ca_folder(), "in this database's filestore")
+        self.assertEqual(folder, mailbox._exchange_ca_folder(), "in this database's filestore")
         other = new_test_user(self.env, login="other.ca", exchange_ca_bundle=self.tenant_ca_pem())
         stray = os.path.join(folder, "0" * 64 + ".pem")
         with open(stray, "w", encoding="ascii") as handle:
@@ -172,7 +172,7 @@ class TestUserInput(ExchangeTenantMixin, TransactionCase):
             os.utime(path, (an_hour_ago, an_hour_ago))
 
         self.me.write({"exchange_ca_bundle": "# renewed\n" + self.tenant_ca_pem()})
-        new_path = self.user._exchange_ews_verify()
+        new_path = mailbox._exchange_ews_verify()
         self.assertNotEqual(new_path, old_path)
         self.assertFalse(os.path.exists(stray), "a file no bundle names is removed")
         self.assertTrue(os.path.exists(old_path), "another user's bundle still names it")
@@ -182,7 +182,7 @@ class TestUserInput(ExchangeTenantMixin, TransactionCase):
         self.assertTrue(os.path.exists(new_path))
         # A removed file comes back when its bundle is used again.
         self.user.sudo().exchange_ca_bundle = self.tenant_ca_pem()
-        self.assertEqual(self.user._exchange_ews_verify(), old_path)
+        self.assertEqual(mailbox._exchange_ews_verify(), old_path)
         self.assertTrue(os.path.exists(old_path))
 
     def test_stale_error_is_replaced_by_the_current_one(self):
