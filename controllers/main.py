@@ -8,7 +8,7 @@ from odoo.exceptions import UserError
 from odoo.http import request
 from odoo.tools import consteq
 
-from ..models.res_users import OAUTH_CALLBACK_PATH
+from ..models.exchange_mailbox_connection import OAUTH_CALLBACK_PATH
 from ..services import ExchangeError
 
 _logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ MAX_LOGGED_PARAMETER = 200
 class OAuthCallbackLogFilter(logging.Filter):
     """Blank the sign-in answer's secrets in the HTTP access log line of the callback.
 
-    The answer comes back as a GET (see ``res.users._exchange_oauth_start``), and Odoo's server
+    The answer comes back as a GET (see ``exchange.mailbox._exchange_oauth_start``), and Odoo's server
     logs every request line, query included.
     """
 

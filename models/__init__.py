@@ -1,5 +1,6 @@
 from . import exchange_binding
 from . import exchange_mailbox
+from . import exchange_mailbox_connection
 from . import exchange_sync_run
 from . import res_config_settings
 from . import res_users

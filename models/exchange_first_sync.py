@@ -75,7 +75,7 @@ class ExchangeMailbox(models.Model):
         mailbox = user.sudo()._exchange_mailbox()
         if mailbox.state != "connected":
             return False
-        with mailbox.user_id._exchange_backend(mailbox=mailbox) as backend:
+        with mailbox._exchange_backend() as backend:
             return mailbox._exchange_preview(backend)
 
     @api.model

@@ -177,7 +177,8 @@ class ExchangeMailbox(models.Model):
     Created on demand (``res.users._exchange_mailbox()``), one per user. The scheduled job
     ``_cron_sync`` syncs every connected mailbox that is due; the per-kind work is in
     ``_sync_mails``, ``_sync_events`` and ``_sync_contacts``, which reach Microsoft only through
-    the backend handed to them by ``res.users._exchange_backend()``.
+    the backend handed to them by ``_exchange_backend()``, the seam of the connection
+    (``exchange_mailbox_connection.py``: sign-in, backend, lockout).
     """
 
     _name = "exchange.mailbox"
@@ -230,7 +231,7 @@ class ExchangeMailbox(models.Model):
         values = {}
         if self.auth_failures or self.last_error:
             values.update(auth_failures=0, last_error=False, last_error_code=False)
-        if self.state == "not_connected" and self.user_id._exchange_has_credentials():
+        if self.state == "not_connected" and self._exchange_has_credentials():
             # The credentials work (e.g. an on-premises mailbox passed Test connection): sync it.
             # Not after a Disconnect that happened during this use.
             values.update(state="connected", connected_email=self.user_id.exchange_email,
@@ -239,9 +240,10 @@ class ExchangeMailbox(models.Model):
             self.write(values)
 
     def _exchange_error_text(self, error):
-        """What the user reads about ``error``: the sentence res.users gives for Microsoft's errors."""
+        """What the user reads about ``error``: the sentence :meth:`_exchange_describe_error` gives for
+        Microsoft's errors."""
         if isinstance(error, ExchangeError):
-            return self.user_id._exchange_describe_error(error)
+            return self._exchange_describe_error(error)
         return str(error.args[0]) if isinstance(error, UserError) else str(error)
 
     def _exchange_record_error(self, error):
@@ -283,7 +285,7 @@ class ExchangeMailbox(models.Model):
 
     def action_reset_lockout(self):
         """Administrator button: let the connector try the stored credentials again."""
-        self.user_id._exchange_reset_lockout()
+        self._exchange_reset_lockout()
 
     def action_sync_now(self):
         """Administrator button: sync these mailboxes at the next run of the scheduled job."""
@@ -617,7 +619,7 @@ class ExchangeMailbox(models.Model):
         current = None
         errors = []
         try:
-            with user._exchange_backend(budget=budget, mailbox=self) as backend:
+            with self._exchange_backend(budget=budget) as backend:
                 for kind in self._exchange_enabled_kinds():
                     current = PendingRun(runs, user, kind, trigger)
                     if trigger == "manual":

@@ -45,8 +45,8 @@ class ExchangeMailbox(models.Model):
         name, _sep, kind = (self.last_error_kind or "").partition(":")
         if not self.last_error or name not in REWORDED_ERRORS:
             return self.last_error or False
-        user = self.user_id.with_context(**{ON_TAB_CONTEXT: on_tab})
-        return user._exchange_describe_error(REWORDED_ERRORS[name]("", kind=kind))
+        reader = self.with_context(**{ON_TAB_CONTEXT: on_tab})
+        return reader._exchange_describe_error(REWORDED_ERRORS[name]("", kind=kind))
 
     def _exchange_find_folder(self, backend, folder_kind, path):
         # A sync creates the folders it does not find: nothing is missing any more.

@@ -68,9 +68,9 @@ class ResConfigSettings(models.TransientModel):
     exchange_reuses_outlook_credentials = fields.Boolean(compute="_compute_exchange_app_registration")
 
     def _compute_exchange_app_registration(self):
-        # Imported here: res_users imports this module's defaults.
+        # Imported here: exchange_mailbox_connection imports this module's defaults.
         from ..services.auth import DELEGATED_SCOPES  # noqa: PLC0415
-        from .res_users import OAUTH_CALLBACK_PATH  # noqa: PLC0415
+        from .exchange_mailbox_connection import OAUTH_CALLBACK_PATH  # noqa: PLC0415
 
         params = self.env["ir.config_parameter"].sudo()
         # msal adds offline_access (the refresh token), openid and profile to every sign-in.

@@ -19,7 +19,7 @@ class TestBackendSeam(ConfiguredTenantMixin, TransactionCase):
         with user._exchange_backend() as backend:
             self.assertEqual(backend.whoami().email.lower(), remote.email.lower())
             self.assertTrue(backend.config.service_endpoint.startswith(self.tenant.base_url))
-        pem_path = user._exchange_ews_verify()
+        pem_path = user._exchange_mailbox()._exchange_ews_verify()
         ca_folder = os.path.join(tools.config.filestore(self.env.cr.dbname), "exchange_connector", "ca")
         self.assertTrue(pem_path.startswith(ca_folder))
         with open(pem_path, encoding="ascii") as handle:
@@ -32,9 +32,9 @@ class TestBackendSeam(ConfiguredTenantMixin, TransactionCase):
 
     def test_ews_verify_off_and_system_cas(self):
         user, _remote = self.ews_user(self.env, "vera", exchange_ca_bundle=False)
-        self.assertIs(user._exchange_ews_verify(), True)
+        self.assertIs(user._exchange_mailbox()._exchange_ews_verify(), True)
         user.exchange_verify_tls = False
-        self.assertIs(user._exchange_ews_verify(), False)
+        self.assertIs(user._exchange_mailbox()._exchange_ews_verify(), False)
 
     def test_graph_seam_persists_the_rotated_refresh_token(self):
         # Tokens living 60 s are "expired" for msal (5 min margin): every use refreshes, and the

@@ -1,4 +1,5 @@
 import http.server
+import inspect
 import os
 import threading
 import time
@@ -6,6 +7,8 @@ import time
 from odoo.exceptions import ValidationError
 from odoo.tests import TransactionCase, new_test_user, tagged
 from odoo.tools import mute_logger
+
+from odoo.addons.base.models.ir_autovacuum import is_autovacuum
 
 from .common import ExchangeTenantMixin
 
@@ -159,10 +162,10 @@ class TestUserInput(ExchangeTenantMixin, TransactionCase):
         self.me.write({"exchange_ca_bundle": "Our CA:\n" + self.tenant_ca_pem()})
 
     def test_unused_ca_files_are_removed(self):
-        Users = self.env["res.users"]
-        old_path = self.user._exchange_ews_verify()
+        mailbox = self.user._exchange_mailbox()
+        old_path = mailbox._exchange_ews_verify()
         folder = os.path.dirname(old_path)
-        self.assertEqual(folder, Users._exchange_ca_folder(), "in this database's filestore")
+        self.assertEqual(folder, mailbox._exchange_ca_folder(), "in this database's filestore")
         other = new_test_user(self.env, login="other.ca", exchange_ca_bundle=self.tenant_ca_pem())
         stray = os.path.join(folder, "0" * 64 + ".pem")
         with open(stray, "w", encoding="ascii") as handle:
@@ -172,7 +175,7 @@ class TestUserInput(ExchangeTenantMixin, TransactionCase):
             os.utime(path, (an_hour_ago, an_hour_ago))
 
         self.me.write({"exchange_ca_bundle": "# renewed\n" + self.tenant_ca_pem()})
-        new_path = self.user._exchange_ews_verify()
+        new_path = mailbox._exchange_ews_verify()
         self.assertNotEqual(new_path, old_path)
         self.assertFalse(os.path.exists(stray), "a file no bundle names is removed")
         self.assertTrue(os.path.exists(old_path), "another user's bundle still names it")
@@ -182,8 +185,25 @@ class TestUserInput(ExchangeTenantMixin, TransactionCase):
         self.assertTrue(os.path.exists(new_path))
         # A removed file comes back when its bundle is used again.
         self.user.sudo().exchange_ca_bundle = self.tenant_ca_pem()
-        self.assertEqual(self.user._exchange_ews_verify(), old_path)
+        self.assertEqual(mailbox._exchange_ews_verify(), old_path)
         self.assertTrue(os.path.exists(old_path))
+
+    def test_odoo_autovacuum_removes_stray_ca_files(self):
+        mailboxes = self.env["exchange.mailbox"]
+        cleaners = {name for name, _method in inspect.getmembers(type(mailboxes), is_autovacuum)}
+        self.assertIn("_gc_exchange_ca_files", cleaners, "Odoo's daily autovacuum job calls it")
+        folder = mailboxes._exchange_ca_folder()
+        os.makedirs(folder, exist_ok=True)
+        stray, fresh = (os.path.join(folder, digit * 64 + ".pem") for digit in "12")
+        for path in (stray, fresh):
+            with open(path, "w", encoding="ascii") as handle:
+                handle.write("left behind")
+        an_hour_ago = time.time() - 3600
+        os.utime(stray, (an_hour_ago, an_hour_ago))
+        mailboxes._gc_exchange_ca_files()
+        self.assertFalse(os.path.exists(stray))
+        self.assertTrue(os.path.exists(fresh), "a file just written may be about to be opened")
+        os.remove(fresh)
 
     def test_stale_error_is_replaced_by_the_current_one(self):
         mailbox = self.user._exchange_mailbox()
