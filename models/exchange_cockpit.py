@@ -72,7 +72,8 @@ class ExchangeMailbox(models.Model):
         user = self.env.user
         if kind is not None and kind not in COCKPIT_KINDS:
             raise UserError(self.env._("Unknown kind of synchronisation: %(kind)s", kind=kind))
-        user._exchange_check_may_use_mailboxes()
+        # env.user is a superuser record: the check must run in the caller's own rights.
+        self.env["res.users"].sudo(False)._exchange_check_may_use_mailboxes()
         user.sudo()._exchange_mailbox()._exchange_request_sync(kind)
         return self.exchange_cockpit()
 

@@ -71,7 +71,8 @@ class ExchangeMailbox(models.Model):
     def exchange_cockpit_preview(self):
         """The dry run of the current user's connected mailbox, for the Discuss section."""
         user = self.env.user
-        user._exchange_check_may_use_mailboxes()
+        # env.user is a superuser record: the check must run in the caller's own rights.
+        self.env["res.users"].sudo(False)._exchange_check_may_use_mailboxes()
         mailbox = user.sudo()._exchange_mailbox()
         if mailbox.state != "connected":
             return False

@@ -415,7 +415,8 @@ class ResUsers(models.Model):
     def _exchange_oauth_start(self):
         """Start the sign-in of the user's own mailbox (only they may): msal's flow, for the HTTP session."""
         self.ensure_one()
-        self._exchange_check_may_use_mailboxes()
+        # The controller calls it on request.env.user, a superuser record: check the caller's own rights.
+        self.sudo(False)._exchange_check_may_use_mailboxes()
         if self != self.env.user:
             raise AccessError(self.env._("Only %(user)s can connect their own mailbox.", user=self.name))
         return self._exchange_mailbox()._exchange_oauth_start()

@@ -93,6 +93,15 @@ class TestMailboxGroup(TransactionCase):
             marco.read(["exchange_account_type"])
         with self.assertRaises(AccessError):
             marco.action_exchange_test_connection()
+        # The Discuss section and the sign-in start work on env.user, a superuser record.
+        Cockpit = self.env["exchange.mailbox"].with_user(self.marco)
+        for kind in ("mails", None):
+            with self.assertRaises(AccessError):
+                Cockpit.exchange_cockpit_request(kind)
+        with self.assertRaises(AccessError):
+            Cockpit.exchange_cockpit_preview()
+        with self.assertRaises(AccessError):
+            marco.env.user._exchange_oauth_start()
         self.assertEqual(marco.exchange_sync_summary(), {"configured": False})
         anna = self.anna.with_user(self.anna)
         anna.write({"exchange_sync_interval": 60})
