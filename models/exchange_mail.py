@@ -1,5 +1,4 @@
 import email
-import email.policy
 import io
 from collections import defaultdict
 
@@ -10,6 +9,7 @@ from odoo.tools import clean_context, html2plaintext
 
 from ..services.addresses import parse_address_header
 from ..services.mail_content import (
+    PARSE_POLICY,
     clean_message_id,
     content_key,
     repair_charsets,
@@ -117,7 +117,7 @@ class ExchangeMail(models.Model):
 
     @api.model
     def _exchange_parse_bytes(self, mime):
-        message = email.message_from_bytes(mime, policy=email.policy.SMTP)
+        message = email.message_from_bytes(mime, policy=PARSE_POLICY)
         repair_charsets(message)
         parsed = self.env["mail.thread"].message_parse(message)
         key = clean_message_id(message.get("Message-Id", "")) if message.get("Message-Id") else None
