@@ -649,8 +649,11 @@ class GraphBackend(MailboxBackend):
                 return
             url = next_link
 
-    def sync_messages(self, folder, state):
-        """Delta listing of ``folder``; ``state`` is the last page's nextLink / deltaLink."""
+    def sync_messages(self, folder, state, recipients=True):
+        """Delta listing of ``folder``; ``state`` is the last page's nextLink / deltaLink.
+
+        The recipients come with the listing at no extra request: ``recipients`` changes nothing.
+        """
         first = (f"/mailFolders/{_url_id(folder.id)}/messages/delta?$select={MESSAGE_FIELDS}"
                  f"&$expand={_EXPAND_MESSAGE_SIZE}")
         return self._delta_pages(
