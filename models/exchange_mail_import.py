@@ -164,7 +164,8 @@ class ExchangeMailbox(models.Model):
         cache = self.env.context.get(IMPORT_CACHE_CONTEXT)
         if cache is None:
             return self.with_context(**{IMPORT_CACHE_CONTEXT: {}})._exchange_import_mails(batch, run)
-        Mail = self.env["exchange.mail"].sudo().with_context(exchange_alias_cache=cache.setdefault("aliases", {}))
+        Mail = self.env["exchange.mail"].sudo().with_context(
+            exchange_alias_cache=cache.setdefault("aliases", {}))
         outcomes = []
         readable = []
         for entry in batch:
@@ -321,8 +322,9 @@ class ExchangeMailbox(models.Model):
         existing = set()
         for model, res_ids in documents.items():
             if model in self.env:
-                existing.update((model, res_id) for res_id in self.env[model].sudo().browse(res_ids).exists().ids)
-        return {key: message for key, message in parents.items() if (message.model, message.res_id) in existing}
+                found = self.env[model].sudo().browse(res_ids).exists()
+                existing.update((model, res_id) for res_id in found.ids)
+        return {key: parent for key, parent in parents.items() if (parent.model, parent.res_id) in existing}
 
     def _exchange_route(self, entry, parents, matches, company):
         """Where the mail goes: ``(values, post)`` with ``post`` = ``(targets, author, partners)`` or None.
@@ -387,7 +389,7 @@ class ExchangeMailbox(models.Model):
 
     @staticmethod
     def _exchange_concerned(entry, company):
-        """The addresses a mail is filed by: the sender's (incoming) or the recipients' (outgoing), not ours."""
+        """The addresses a mail is filed by: the sender's (incoming), the recipients' (outgoing); not ours."""
         parsed = entry.parsed
         if entry.folder_kind == "in":
             concerned = parsed["from_addresses"][:1]
@@ -442,7 +444,8 @@ class ExchangeMailbox(models.Model):
                 partner for partner in candidates
                 if (partner.email_normalized or "").endswith(f"@{domain}")
                 or domain.lower() in (partner.website or "").lower()), Partner)
-        quiet = Partner.with_context(tracking_disable=True, mail_create_nolog=True, mail_create_nosubscribe=True)
+        quiet = Partner.with_context(
+            tracking_disable=True, mail_create_nolog=True, mail_create_nosubscribe=True)
         created = quiet.create([{
             "name": name,
             "email": address,

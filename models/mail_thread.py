@@ -29,7 +29,8 @@ class MailThread(models.AbstractModel):
         # Odoo's test, with the bounce aliases searched once per import run instead of once per
         # mail (``message_parse`` asks for every mail: most of the import's queries otherwise).
         if "bounce_aliases" not in cache:
-            cache["bounce_aliases"] = self.env["mail.alias.domain"].sudo().search([]).mapped("bounce_email")
+            cache["bounce_aliases"] = self.env["mail.alias.domain"].sudo().search(
+                [("name", "!=", False)]).mapped("bounce_email")
         bounce_aliases = cache["bounce_aliases"]
         email_to_list = [email_normalize(e) or e for e in email_split(message_dict["to"])]
         if bounce_aliases and any(email in bounce_aliases for email in email_to_list):
