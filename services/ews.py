@@ -13,9 +13,11 @@
   timeouts reach :class:`services.throttle.RetryPolicy`, which also
   enforces the run's time budget, and every call holds one of the
   mailbox's concurrency slots.
-- Messages: ``SyncFolderItems`` one page per request (IdOnly), then
-  ``GetItem`` for the envelope of the created/changed items of the page,
-  because Exchange does not return recipient lists in sync or find results.
+- Messages: ``SyncFolderItems`` one page per request, then ``GetItem`` for
+  the envelope of the created/changed items of the page, because Exchange
+  does not return recipient lists in sync or find results.  A listing
+  without recipients (``recipients=False``, what mail import asks for) gets
+  the other envelope fields from ``SyncFolderItems`` itself: one request a page.
   The state is the page's ``SyncState``.  EWS ids change when an item
   moves: use the id :meth:`EwsBackend.move_message` returns.
 - Calendar: EWS has no calendar-view delta.  ``sync_events`` lists the
