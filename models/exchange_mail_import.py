@@ -422,8 +422,8 @@ class ExchangeMailbox(models.Model):
                 for remote in parse_address_header(entry.parsed.get(header) or ""):
                     named.setdefault(remote.address, remote.name)
             for address in unknown:
-                if not names.get(address):
-                    names[address] = named.get(address) or address
+                # Named as the first mail of the batch that has it says (as mail by mail would).
+                names.setdefault(address, named.get(address) or address)
         return names
 
     def _exchange_create_partners(self, names):
