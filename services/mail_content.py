@@ -30,7 +30,10 @@ _CACHED_HEADER_CHARS = 4096
 _LINE_BREAKS = re.compile(r"\n|\r")
 
 
-@functools.lru_cache(maxsize=8192)
+# Small: a header object keeps its parse tree (some 30 kB for an address list), and what is
+# worth keeping is a mail's own headers, read again and again while it is parsed, and the few
+# lines that many mails share.
+@functools.lru_cache(maxsize=256)
 def _parsed_header(factory, name, value):
     return factory(name, _LINE_BREAKS.sub("", value))
 
