@@ -196,6 +196,8 @@ def bench_backend(env, tenant, kind, args):
             profiler.disable()
     import_seconds = time.perf_counter() - started
     if profiler:
+        if args.profile_file:
+            profiler.dump_stats(f"{args.profile_file}.{kind}")
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
     rss_after = connector_bench.peak_rss_mib()
     requests = http_requests(tenant, kind)
@@ -258,6 +260,9 @@ def main():
     parser.add_argument("--backends", default="graph,ews")
     parser.add_argument(
         "--profile", type=int, default=0, help="print this many lines of a profile of the import"
+    )
+    parser.add_argument(
+        "--profile-file", help="also save the profile to this file (one per backend: FILE.graph, FILE.ews)"
     )
     args = parser.parse_args()
 

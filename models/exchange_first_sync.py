@@ -57,7 +57,9 @@ class ExchangeMailbox(models.Model):
                     continue
                 path = f"Inbox/{folder_name}"
                 folder = backend.find_folder(path)
-                count = sum(len(page.items) for page in backend.sync_messages(folder, None)) if folder else 0
+                # Counted only: the listing need not fetch the recipients (EWS: one request less a page).
+                pages = backend.sync_messages(folder, None, recipients=False) if folder else ()
+                count = sum(len(page.items) for page in pages)
                 preview["mails"].append({"folder": path, "count": count, "exists": bool(folder)})
         if user.exchange_sync_events:
             start, end = self._exchange_event_window()

@@ -1,5 +1,4 @@
 import email
-import email.policy
 import io
 from collections import defaultdict
 
@@ -10,6 +9,7 @@ from odoo.tools import clean_context, html2plaintext
 
 from ..services.addresses import parse_address_header
 from ..services.mail_content import (
+    PARSE_POLICY,
     clean_message_id,
     content_key,
     repair_charsets,
@@ -17,6 +17,7 @@ from ..services.mail_content import (
     thread_references,
 )
 from ..services.mime_spool import SpooledPart, spool_large_parts, spooled_content
+from .mail_thread import IMPORT_CACHE_CONTEXT
 
 MAIL_STATES = [
     ("queued", "Waiting for a partner"),
@@ -117,7 +118,7 @@ class ExchangeMail(models.Model):
 
     @api.model
     def _exchange_parse_bytes(self, mime):
-        message = email.message_from_bytes(mime, policy=email.policy.SMTP)
+        message = email.message_from_bytes(mime, policy=PARSE_POLICY)
         repair_charsets(message)
         parsed = self.env["mail.thread"].message_parse(message)
         key = clean_message_id(message.get("Message-Id", "")) if message.get("Message-Id") else None
@@ -207,7 +208,10 @@ class ExchangeMail(models.Model):
     @api.model
     def _exchange_message_values(self, user, parsed, model, res_id, author):
         """The values of the chatter message of a parsed mail on one document (attachments created)."""
-        body, removed = strip_remote_content(parsed.get("body") or "")
+        # A mail posted on several documents is cleaned once.
+        if "clean_body" not in parsed:
+            parsed["clean_body"] = strip_remote_content(parsed.get("body") or "")
+        body, removed = parsed["clean_body"]
         body = Markup(body) if body else Markup()
         notes = []
         if removed:
@@ -289,17 +293,39 @@ class ExchangeMail(models.Model):
     def _exchange_post_on(self, partners):
         """Post this waiting mail on ``partners`` (the assignment wizard's choice)."""
         self.ensure_one()
-        parsed = self._exchange_parse(self._exchange_source())
-        if self.folder_kind == "out":
-            author = self.user_id.partner_id
-        else:
-            sender = next(iter(parsed["from_addresses"]), None)
-            author = partners.filtered(lambda partner: partner.email_normalized == sender)[:1]
-            if not author and len(partners) == 1:
-                author = partners
-        targets = [("res.partner", partner.id) for partner in partners]
-        messages = self._exchange_post_batch(self.user_id, [(parsed, targets, author)])[0]
-        self.write(self._exchange_posted_values(self.user_id, messages, partners))
+        self._exchange_post_chosen([(self, partners)])
+
+    @api.model
+    def _exchange_post_chosen(self, choices):
+        """Post each waiting mail of ``choices`` (``[(exchange.mail, res.partner)]``) on its partners.
+
+        The mails of one user are posted in one batch: the Message-ID lookups and the messages'
+        creation happen once, not per mail.
+        """
+        # One parse cache (aliases, bounce addresses) for all the chosen mails.
+        Mail = self.with_context(**{IMPORT_CACHE_CONTEXT: {}, "exchange_alias_cache": {}})
+        by_user = defaultdict(list)
+        try:
+            for mail, partners in choices:
+                parsed = Mail._exchange_parse(mail._exchange_source())
+                if mail.folder_kind == "out":
+                    author = mail.user_id.partner_id
+                else:
+                    sender = next(iter(parsed["from_addresses"]), None)
+                    author = partners.filtered(lambda partner, s=sender: partner.email_normalized == s)[:1]
+                    if not author and len(partners) == 1:
+                        author = partners
+                targets = [("res.partner", partner.id) for partner in partners]
+                by_user[mail.user_id].append((mail, partners, (parsed, targets, author)))
+            for user, posts in by_user.items():
+                messages = self._exchange_post_batch(user, [post for _mail, _partners, post in posts])
+                for (mail, partners, _post), posted in zip(posts, messages, strict=True):
+                    mail.write(self._exchange_posted_values(user, posted, partners))
+        finally:
+            for posts in by_user.values():
+                for _mail, _partners, (parsed, _targets, _author) in posts:
+                    if parsed.get("spooled"):
+                        parsed["spooled"].close()
 
     # -- user actions ---------------------------------------------------------
 

@@ -1,10 +1,12 @@
 import base64
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Optional
 
 from odoo import Command, fields, models
+from odoo.fields import Domain
 
 from ..services import ExchangeError
 from ..services.addresses import parse_address_header
@@ -12,6 +14,7 @@ from ..services.backend import MAILBOX_WIDE_ERRORS, RemoteMessage
 from ..services.errors import ItemNotFound
 from .exchange_mail import MAX_TRIES, STREAM_BYTES
 from .exchange_mailbox import PendingRun
+from .mail_thread import IMPORT_CACHE_CONTEXT
 
 _logger = logging.getLogger(__name__)
 
@@ -64,8 +67,9 @@ class ExchangeMailbox(models.Model):
     _inherit = "exchange.mailbox"
 
     def _sync_mails(self, backend, run):
-        # The page hook has no backend argument; the import needs it to fetch MIME in bulk.
-        mailbox = self.with_context(exchange_mail_backend=backend)
+        # The page hook has no backend argument; the import needs it to fetch MIME in bulk. The
+        # run's cache keeps what does not change meanwhile (own addresses, aliases) for all pages.
+        mailbox = self.with_context(exchange_mail_backend=backend, **{IMPORT_CACHE_CONTEXT: {}})
         mailbox._exchange_delete_imported(backend)
         mailbox._exchange_retry_failed(backend, run)
         result = super(ExchangeMailbox, mailbox)._sync_mails(backend, run)
@@ -155,8 +159,13 @@ class ExchangeMailbox(models.Model):
         A mail that cannot be read is recorded as failed; when storing the batch fails, it is
         stored again mail by mail, so that a bad mail fails alone while the others are kept.
         """
-        # The recipients' alias lookups of Odoo's parser are made once per address for the batch.
-        Mail = self.env["exchange.mail"].sudo().with_context(exchange_alias_cache={})
+        # The recipients' alias lookups of Odoo's parser are made once per address for the run
+        # (or the batch, outside a run), as are its bounce alias lookups.
+        cache = self.env.context.get(IMPORT_CACHE_CONTEXT)
+        if cache is None:
+            return self.with_context(**{IMPORT_CACHE_CONTEXT: {}})._exchange_import_mails(batch, run)
+        Mail = self.env["exchange.mail"].sudo().with_context(
+            exchange_alias_cache=cache.setdefault("aliases", {}))
         outcomes = []
         readable = []
         for entry in batch:
@@ -263,13 +272,18 @@ class ExchangeMailbox(models.Model):
         user = self.user_id
         references = {reference for entry in entries for reference in entry.parsed["thread_references"]}
         parents = self._exchange_thread_parents(references)
-        company = self.env["res.partner"]._exchange_company_addresses()
+        company = self._exchange_company_addresses()
         addresses = set()
         for entry in entries:
             addresses.update(entry.parsed["from_addresses"][:1])
             if entry.folder_kind == "out":
                 addresses.update(entry.parsed["recipient_addresses"])
         matches = self.env["res.partner"].sudo()._exchange_match_addresses(addresses - company, user)
+        if (user.company_id.exchange_unknown_address or "queue") == "create":
+            names = self._exchange_partners_to_create(entries, parents, matches, company)
+            if names:
+                # Before routing: the new partners author the mails, and are created once per batch.
+                matches.update(self._exchange_create_partners(names))
         outcomes, posts = [], []
         for entry in entries:
             values, post = self._exchange_route(entry, parents, matches, company)
@@ -282,6 +296,15 @@ class ExchangeMailbox(models.Model):
             values.update(Mail._exchange_posted_values(user, posted, partners))
         return outcomes
 
+    def _exchange_company_addresses(self):
+        """The company's own addresses, once per run (or per call outside a run)."""
+        cache = self.env.context.get(IMPORT_CACHE_CONTEXT)
+        if cache is None:
+            return self.env["res.partner"]._exchange_company_addresses()
+        if "company_addresses" not in cache:
+            cache["company_addresses"] = self.env["res.partner"]._exchange_company_addresses()
+        return cache["company_addresses"]
+
     def _exchange_thread_parents(self, references):
         """``{Message-ID: mail.message}`` of the messages of Odoo documents among ``references``."""
         if not references:
@@ -292,7 +315,16 @@ class ExchangeMailbox(models.Model):
         parents = {}
         for message in messages:
             parents.setdefault(message.message_id, message)
-        return parents
+        # Whether their documents still exist: one query per model for the batch, not one per mail.
+        documents = defaultdict(set)
+        for message in parents.values():
+            documents[message.model].add(message.res_id)
+        existing = set()
+        for model, res_ids in documents.items():
+            if model in self.env:
+                found = self.env[model].sudo().browse(res_ids).exists()
+                existing.update((model, res_id) for res_id in found.ids)
+        return {key: parent for key, parent in parents.items() if (parent.model, parent.res_id) in existing}
 
     def _exchange_route(self, entry, parents, matches, company):
         """Where the mail goes: ``(values, post)`` with ``post`` = ``(targets, author, partners)`` or None.
@@ -312,13 +344,9 @@ class ExchangeMailbox(models.Model):
             author = author if len(author) == 1 else empty
         for reference in parsed["thread_references"]:
             parent = parents.get(reference)
-            if parent and self.env[parent.model].sudo().browse(parent.res_id).exists():
+            if parent:
                 return {}, ([(parent.model, parent.res_id)], author, None)
-        if entry.folder_kind == "in":
-            concerned = [sender] if sender else []
-        else:
-            concerned = parsed["recipient_addresses"]
-        concerned = [address for address in concerned if address not in company]
+        concerned = self._exchange_concerned(entry, company)
         if not concerned:
             if entry.folder_kind == "in" and not sender:
                 reason = self.env._("The mail has no sender address (From).")
@@ -338,13 +366,7 @@ class ExchangeMailbox(models.Model):
         if len(concerned) > MAX_ASKED_ADDRESSES:
             # A mass mailing: filed on the partners it certainly reaches, nobody asked about the rest.
             ambiguous, unknown = [], []
-        if unknown and policy == "create":
-            created = self._exchange_create_partners(unknown, parsed)
-            # Later mails of the same batch from these addresses find them, not create them again.
-            matches.update(zip(unknown, created, strict=True))
-            certain |= created
-            unknown = []
-        elif unknown and policy == "ignore":
+        if unknown and policy == "ignore":
             unknown = []
         if ambiguous or unknown:
             reasons = []
@@ -365,33 +387,72 @@ class ExchangeMailbox(models.Model):
                 "No partner has %(addresses)s.", addresses=", ".join(concerned))), None
         return {}, ([("res.partner", partner.id) for partner in certain], author, certain)
 
+    @staticmethod
+    def _exchange_concerned(entry, company):
+        """The addresses a mail is filed by: the sender's (incoming), the recipients' (outgoing); not ours."""
+        parsed = entry.parsed
+        if entry.folder_kind == "in":
+            concerned = parsed["from_addresses"][:1]
+        else:
+            concerned = parsed["recipient_addresses"]
+        return [address for address in concerned if address not in company]
+
     def _exchange_ignored_values(self, reason):
         values = {"state": "ignored", "reason": reason, "mime": False}
         if self.user_id.exchange_delete_after_import:
             values["delete_pending"] = True
         return values
 
-    def _exchange_create_partners(self, addresses, parsed):
-        """New partners for unknown ``addresses``, under the company partner of their domain if one exists."""
+    def _exchange_partners_to_create(self, entries, parents, matches, company):
+        """``{address: name}`` of the unknown addresses the batch's mails are to be filed by.
+
+        The same mails as :meth:`_exchange_route` would file by them: not replies to a known
+        thread, not mass mailings.
+        """
         names = {}
-        for header in ("email_from", "to", "cc"):
-            for remote in parse_address_header(parsed.get(header) or ""):
-                names.setdefault(remote.address, remote.name)
+        for entry in entries:
+            if any(reference in parents for reference in entry.parsed["thread_references"]):
+                continue
+            concerned = self._exchange_concerned(entry, company)
+            unknown = [address for address in concerned if not matches.get(address)]
+            if not unknown or len(concerned) > MAX_ASKED_ADDRESSES:
+                continue
+            named = {}
+            for header in ("email_from", "to", "cc"):
+                for remote in parse_address_header(entry.parsed.get(header) or ""):
+                    named.setdefault(remote.address, remote.name)
+            for address in unknown:
+                # Named as the first mail of the batch that has it says (as mail by mail would).
+                names.setdefault(address, named.get(address) or address)
+        return names
+
+    def _exchange_create_partners(self, names):
+        """New partners for the unknown addresses of ``names`` (``{address: name}``), in one go.
+
+        Each goes under the company partner of its domain if one exists. They are created quietly
+        (no follower, no log message): the import that makes them notifies nobody.
+        """
         Partner = self.env["res.partner"].sudo()
-        created = Partner.browse()
-        for address in addresses:
-            domain = address.rsplit("@", 1)[1]
-            company = Partner.search([
-                ("is_company", "=", True),
-                "|", ("email_normalized", "=like", f"%@{domain}"), ("website", "=ilike", f"%{domain}%"),
-            ], limit=1)
-            created |= Partner.create({
-                "name": names.get(address) or address,
-                "email": address,
-                "parent_id": company.id or False,
-                "company_id": False,
-            })
-        return created
+        domains = sorted({address.rsplit("@", 1)[1] for address in names})
+        candidates = Partner.search(Domain("is_company", "=", True) & Domain.OR(
+            Domain("email_normalized", "=like", f"%@{domain}") | Domain("website", "=ilike", f"%{domain}%")
+            for domain in domains))
+        company_of = {}
+        for domain in domains:
+            # The first in the partners' order, as a ``search(..., limit=1)`` per domain would give.
+            company_of[domain] = next((
+                partner for partner in candidates
+                if (partner.email_normalized or "").endswith(f"@{domain}")
+                or domain.lower() in (partner.website or "").lower()), Partner)
+        quiet = Partner.with_context(
+            tracking_disable=True, mail_create_nolog=True, mail_create_nosubscribe=True)
+        created = quiet.create([{
+            "name": name,
+            "email": address,
+            "parent_id": company_of[address.rsplit("@", 1)[1]].id or False,
+            "company_id": False,
+        } for address, name in names.items()])
+        return dict(zip(names, created.with_env(Partner.env), strict=True))
 
     # -- retries and deletion -----------------------------------------------------
 

@@ -775,7 +775,8 @@ class ExchangeMailbox(models.Model):
     def _exchange_list_transfer_folder(self, backend, folder_kind, folder, run):
         state_field = f"mails_{folder_kind}_state"
         saved = self[state_field] or None
-        for number, page in enumerate(backend.sync_messages(folder, saved)):
+        # The import reads the recipients from the MIME source: the listing need not fetch them.
+        for number, page in enumerate(backend.sync_messages(folder, saved, recipients=False)):
             if self._exchange_page_is_news(page, number, saved):
                 record = self._exchange_start_run(run)
                 self._exchange_save_page(

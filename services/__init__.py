@@ -20,6 +20,7 @@ from .backend import (
 )
 from .errors import (
     AuthenticationError,
+    BatchBodyNotBase64,
     ConnectionProblem,
     ExchangeError,
     FolderNotFound,
@@ -32,6 +33,7 @@ from .throttle import RetryPolicy, RunBudget
 
 __all__ = [
     "AuthenticationError",
+    "BatchBodyNotBase64",
     "ConnectionProblem",
     "ContactChange",
     "ContactResult",

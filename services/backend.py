@@ -334,8 +334,13 @@ class MailboxBackend(abc.ABC):
         """The folder at the path ``names``, None when missing and not ``create``."""
 
     @abc.abstractmethod
-    def sync_messages(self, folder: RemoteFolder, state: Optional[str]) -> Iterator[SyncPage]:
+    def sync_messages(
+        self, folder: RemoteFolder, state: Optional[str], recipients: bool = True
+    ) -> Iterator[SyncPage]:
         """List the folder's messages incrementally; ``state`` None starts a full listing.
+
+        ``recipients=False`` tells the backend that the messages' ``to``/``cc``/``bcc`` are not
+        needed (they may then be left empty), when they would cost requests of their own.
 
         Yields :class:`SyncPage` of :class:`RemoteMessage`; the last page has
         ``done=True``.  Raises :class:`~services.errors.FolderNotFound` when

@@ -82,6 +82,10 @@ class ItemNotFound(ExchangeError):
     """The message, event or contact is gone (moved or deleted meanwhile)."""
 
 
+class BatchBodyNotBase64(ExchangeError):
+    """A Graph ``$batch`` answer that should carry base64 (a binary body) holds something else."""
+
+
 class SyncStateExpired(ExchangeError):
     """Internal: the saved delta link / SyncState is no longer accepted; the backend restarts the listing."""
 

@@ -13,9 +13,11 @@
   timeouts reach :class:`services.throttle.RetryPolicy`, which also
   enforces the run's time budget, and every call holds one of the
   mailbox's concurrency slots.
-- Messages: ``SyncFolderItems`` one page per request (IdOnly), then
-  ``GetItem`` for the envelope of the created/changed items of the page,
-  because Exchange does not return recipient lists in sync or find results.
+- Messages: ``SyncFolderItems`` one page per request, then ``GetItem`` for
+  the envelope of the created/changed items of the page, because Exchange
+  does not return recipient lists in sync or find results.  A listing
+  without recipients (``recipients=False``, what mail import asks for) gets
+  the other envelope fields from ``SyncFolderItems`` itself: one request a page.
   The state is the page's ``SyncState``.  EWS ids change when an item
   moves: use the id :meth:`EwsBackend.move_message` returns.
 - Calendar: EWS has no calendar-view delta.  ``sync_events`` lists the
@@ -113,6 +115,9 @@ MESSAGE_FIELDS = [
     "size",
     "parent_folder_id",
 ]
+#: What a listing without recipients asks SyncFolderItems for: Exchange returns these in sync
+#: results, but never the recipient lists (they take a GetItem).
+LISTING_FIELDS = [name for name in MESSAGE_FIELDS if not name.endswith("_recipients")]
 EVENT_FIELDS = [
     "uid",
     "type",
@@ -810,13 +815,13 @@ class EwsBackend(MailboxBackend):
 
     # -- messages -----------------------------------------------------------
 
-    def _sync_page(self, account, folder, state, max_changes=None):
+    def _sync_page(self, account, folder, state, max_changes=None, fields=()):
         service = SyncFolderItems(account=account)
         changes = list(
             service.call(
                 folder=folder,
                 shape=ID_ONLY,
-                additional_fields=set(),
+                additional_fields={FieldPath(field=Message.get_field_by_fieldname(name)) for name in fields},
                 sync_state=state,
                 ignore=None,
                 max_changes_returned=max_changes or min(self.page_size, MAX_SYNC_CHANGES),
@@ -825,7 +830,7 @@ class EwsBackend(MailboxBackend):
         )
         return changes, service.sync_state, service.includes_last_item_in_range
 
-    def _fetch_envelopes(self, ids):
+    def _fetch_envelopes(self, ids, fields=MESSAGE_FIELDS):
         if not ids:
             return []
         folder = self._folder()
@@ -836,23 +841,31 @@ class EwsBackend(MailboxBackend):
                 account.fetch(
                     [(item_id, None) for item_id in ids],
                     folder=folder,
-                    only_fields=MESSAGE_FIELDS,
+                    only_fields=fields,
                     chunk_size=len(ids),
                 )
             ),
             "EWS GetItem envelopes",
         )
 
-    def sync_messages(self, folder, state):
-        """SyncFolderItems listing of ``folder``; ``state`` is the last page's SyncState."""
+    def sync_messages(self, folder, state, recipients=True):
+        """SyncFolderItems listing of ``folder``; ``state`` is the last page's SyncState.
+
+        Exchange leaves recipient lists out of sync results: with ``recipients`` they come from
+        one GetItem per page. Without, the listing alone says what there is (one request per
+        page) and the messages' ``to``/``cc``/``bcc`` stay empty; only items whose read flag
+        changed, listed by id alone, are still fetched.
+        """
         ews_folder = self._folder(folder.id)
         account = self.account
+        listed_fields = () if recipients else LISTING_FIELDS
         reset = False
         while True:
             self._check_budget()
             try:
                 changes, new_state, last = self._call(
-                    lambda state=state: self._sync_page(account, ews_folder, state), "EWS SyncFolderItems"
+                    lambda state=state: self._sync_page(account, ews_folder, state, fields=listed_fields),
+                    "EWS SyncFolderItems",
                 )
             except SyncStateExpired as expired:
                 if not state or reset:
@@ -862,7 +875,7 @@ class EwsBackend(MailboxBackend):
                 )
                 state, reset = None, True
                 continue
-            changed_ids, removed = [], []
+            changed_ids, removed, listed = [], [], {}
             for change_type, item in changes:
                 if change_type == SyncFolderItems.DELETE:
                     removed.append(item.id)
@@ -870,14 +883,21 @@ class EwsBackend(MailboxBackend):
                     changed_ids.append(item[0].id)
                 else:
                     changed_ids.append(item.id)
+                    if not recipients:
+                        listed[item.id] = item
             changed_ids = list(dict.fromkeys(changed_ids))
+            to_fetch = [item_id for item_id in changed_ids if item_id not in listed]
+            fetched = self._fetch_envelopes(to_fetch, MESSAGE_FIELDS if recipients else LISTING_FIELDS)
+            # GetItem answers in the order of the ids asked for, errors in place.
+            listed.update(zip(to_fetch, fetched, strict=False))
             items = []
-            for fetched in self._fetch_envelopes(changed_ids):
-                if isinstance(fetched, ews_errors.ErrorItemNotFound):
+            for item_id in changed_ids:
+                envelope = listed.get(item_id)
+                if envelope is None or isinstance(envelope, ews_errors.ErrorItemNotFound):
                     continue  # deleted meanwhile: the next page or sync reports it
-                if isinstance(fetched, Exception):
-                    raise _translate(fetched)
-                items.append(message_from_ews(fetched))
+                if isinstance(envelope, Exception):
+                    raise _translate(envelope)
+                items.append(message_from_ews(envelope))
             done = bool(last) or new_state == state
             yield SyncPage(items=items, removed_ids=removed, state=new_state, done=done, reset=reset)
             if done:

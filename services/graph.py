@@ -26,6 +26,7 @@ bundle path or True) is what is used, a timeout on every call and always
 """
 
 import base64
+import binascii
 import json
 import logging
 import re
@@ -54,6 +55,7 @@ from .backend import (
 from .contact_mapping import MARKER_GRAPH_ID, split_street, street_lines
 from .errors import (
     AuthenticationError,
+    BatchBodyNotBase64,
     ConnectionProblem,
     ExchangeError,
     FolderNotFound,
@@ -340,13 +342,35 @@ DEFAULT_CONTACT_FOLDER = "contacts"
 
 
 def _batch_binary(item):
-    """The bytes of a binary ``$batch`` answer: base64 in ``body`` (JSON bodies would be objects)."""
+    """The bytes of a ``$batch`` answer: binary ones come base64 in ``body``, JSON ones as objects.
+
+    A text answer (``text/*``, ``message/*``) may come as the text itself: strict base64 (no line
+    breaks, which every mail source has) tells the two apart. Anything else that is no base64
+    raises :class:`BatchBodyNotBase64` rather than return garbage as a mail.
+    """
     body = item.get("body")
-    if isinstance(body, str):
-        return base64.b64decode(body)
     if body is None:
         return b""
-    return json.dumps(body).encode()
+    if not isinstance(body, str):
+        return json.dumps(body).encode()
+    try:
+        return base64.b64decode(body, validate=True)
+    except binascii.Error:
+        headers = {str(name).lower(): str(value) for name, value in (item.get("headers") or {}).items()}
+        if headers.get("content-type", "").lower().startswith(("text/", "message/")):
+            return body.encode("utf-8", "surrogateescape")
+        raise BatchBodyNotBase64(
+            f"A $batch answer of type {headers.get('content-type') or 'unknown'} is neither base64 nor text.",
+            code="BatchBodyNotBase64", status=item.get("status"),
+        ) from None
+
+
+def _batch_mime(item):
+    """The MIME source of a ``$batch`` answer, or the error that makes this one mail fail."""
+    try:
+        return _batch_binary(item)
+    except BatchBodyNotBase64 as error:
+        return error
 
 
 def _batch_error(item):
@@ -649,8 +673,11 @@ class GraphBackend(MailboxBackend):
                 return
             url = next_link
 
-    def sync_messages(self, folder, state):
-        """Delta listing of ``folder``; ``state`` is the last page's nextLink / deltaLink."""
+    def sync_messages(self, folder, state, recipients=True):
+        """Delta listing of ``folder``; ``state`` is the last page's nextLink / deltaLink.
+
+        The recipients come with the listing at no extra request: ``recipients`` changes nothing.
+        """
         first = (f"/mailFolders/{_url_id(folder.id)}/messages/delta?$select={MESSAGE_FIELDS}"
                  f"&$expand={_EXPAND_MESSAGE_SIZE}")
         return self._delta_pages(
@@ -707,7 +734,7 @@ class GraphBackend(MailboxBackend):
             message_ids, lambda message_id: ("GET", f"/messages/{_url_id(message_id)}/$value")
         )
         return {
-            message_id: _batch_binary(item) if 200 <= item["status"] < 300 else _batch_error(item)
+            message_id: _batch_mime(item) if 200 <= item["status"] < 300 else _batch_error(item)
             for message_id, item in answers.items()
         }
 

@@ -29,3 +29,4 @@ from . import test_first_sync_preview
 from . import test_mail_runs
 from . import test_i18n
 from . import test_mail_big
+from . import test_mail_batch_queries

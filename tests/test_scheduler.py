@@ -519,8 +519,8 @@ class TestSchedulerLease(SchedulerMixin, TransactionCase):
         paused, resume = threading.Event(), threading.Event()
         sync_messages = EwsBackend.sync_messages
 
-        def sync_messages_pausing(backend, folder, state):
-            for page in sync_messages(backend, folder, state):
+        def sync_messages_pausing(backend, folder, state, **kwargs):
+            for page in sync_messages(backend, folder, state, **kwargs):
                 if not paused.is_set():
                     paused.set()
                     resume.wait(timeout=60)

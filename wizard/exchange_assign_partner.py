@@ -79,8 +79,9 @@ class ExchangeAssignPartner(models.TransientModel):
         decisions = [
             (mail, mail._exchange_pending_addresses(), self._partners_for(mail, chosen)) for mail in mails
         ]
-        for mail, _addresses, partners in decisions:
-            mail.sudo()._exchange_post_on(partners)
+        # All in one batch per user: one Message-ID lookup, the messages created in one go.
+        self.env["exchange.mail"].sudo()._exchange_post_chosen(
+            [(mail.sudo(), partners) for mail, _addresses, partners in decisions])
         if self.remember:
             self._remember(decisions, chosen)
         return {"type": "ir.actions.act_window_close"}
