@@ -54,7 +54,7 @@ tours.add("exchange_connector_cockpit", {
         },
         {
             content: "The event imported in the background appears",
-            trigger: `${kind("events")} .o-exchange-DiscussSidebarSync-kindStatus:contains('1 events added, 0 updated, 0 removed')`,
+            trigger: `${kind("events")} .o-exchange-DiscussSidebarSync-kindStatus:contains('1 event added, 0 updated, 0 removed')`,
         },
         {
             content: "Push contacts",
@@ -63,7 +63,7 @@ tours.add("exchange_connector_cockpit", {
         },
         {
             content: "The contact pushed in the background appears",
-            trigger: `${kind("contacts")} .o-exchange-DiscussSidebarSync-kindStatus:contains('1 contacts added, 0 updated, 0 removed')`,
+            trigger: `${kind("contacts")} .o-exchange-DiscussSidebarSync-kindStatus:contains('1 contact added, 0 updated, 0 removed')`,
         },
         {
             content: "Sync all",
