@@ -290,11 +290,6 @@ class ExchangeMail(models.Model):
     def _exchange_pending_addresses(self):
         return [address.strip() for address in (self.pending_addresses or "").split(",") if address.strip()]
 
-    def _exchange_post_on(self, partners):
-        """Post this waiting mail on ``partners`` (the assignment wizard's choice)."""
-        self.ensure_one()
-        self._exchange_post_chosen([(self, partners)])
-
     @api.model
     def _exchange_post_chosen(self, choices):
         """Post each waiting mail of ``choices`` (``[(exchange.mail, res.partner)]``) on its partners.

@@ -140,7 +140,7 @@ class TestBigMailImport(MailImportMixin, ConfiguredTenantMixin, TransactionCase)
         self.assertEqual(len(waiting), 1)
         self.assertEqual(waiting.attachment_names, "plans7.pdf")
         self.assertGreater(len(waiting._exchange_source()), BIG)
-        waiting._exchange_post_on(self.rita)
+        self.env["exchange.mail"].sudo()._exchange_post_chosen([(waiting, self.rita)])  # the wizard's call
         self.assertEqual(waiting.state, "posted")
         self.assertEqual(self.posted("Plans 7").attachment_ids.raw, self.content)
         self.assertFalse(waiting.with_context(bin_size=True).mime, "the source is dropped once posted")
