@@ -7,7 +7,7 @@ from markupsafe import Markup, escape
 from odoo import api, fields, models
 from odoo.tools import clean_context, html2plaintext
 
-from ..services.addresses import parse_address_header
+from ..services.addresses import parse_address_header, readable_addresses
 from ..services.mail_content import (
     PARSE_POLICY,
     clean_message_id,
@@ -141,9 +141,9 @@ class ExchangeMail(models.Model):
         return {
             "message_key": parsed["message_id"],
             "subject": (parsed.get("subject") or "")[:1000],
-            "email_from": (parsed.get("email_from") or "")[:1000],
-            "email_to": parsed.get("to") or False,
-            "email_cc": parsed.get("cc") or False,
+            "email_from": readable_addresses(parsed.get("email_from"))[:1000],
+            "email_to": readable_addresses(parsed.get("to")) or False,
+            "email_cc": readable_addresses(parsed.get("cc")) or False,
             "date": parsed.get("date") or fields.Datetime.now(),
             # One paragraph without link targets: it is read in a list row of the wizard.
             "preview": " ".join(html2plaintext(parsed.get("body") or "", include_references=False).split())[

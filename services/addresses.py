@@ -117,3 +117,18 @@ def parse_address_header(value) -> List[RemoteAddress]:
         seen.add(normalized)
         result.append(RemoteAddress(normalized, _decode_header(name).strip()))
     return result
+
+
+def readable_addresses(value) -> str:
+    """A header's addresses as a person reads them: ``Name <address>, address``.
+
+    Without the quotes, encoded words and comments of the raw header; the value as it came (as
+    text) when no address in it can be read, so that nothing shown is lost.
+    """
+    addresses = parse_address_header(value)
+    if not addresses:
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        return str(value or "")
+    return ", ".join(f"{remote.name} <{remote.address}>" if remote.name else remote.address
+                     for remote in addresses)

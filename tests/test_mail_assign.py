@@ -119,9 +119,12 @@ class TestMailAssignment(MailImportMixin, ConfiguredTenantMixin, TransactionCase
         user, remote = self.connected_user("graph", "previewer")
         html = ('<p>Dear Anna,</p>\n\n<p>our <a href="https://shop.example/offer?id=7">offer</a> '
                 'with our logo <img src="cid:logo@x" alt="logo">.</p>\n<p>\n\n\nRegards</p>')
-        self.drop(remote, mime("Offer", "Anna <anna@dup.test>", remote.email, "<preview@dup.test>",
-                               html=html))
+        self.drop(remote, mime("Offer", '"Anna" <Anna@Dup.test>', f'"Me" <{remote.email}>',
+                               "<preview@dup.test>", html=html))
         self.sync_mails(user)
         waiting = self.mails_of(user, state="queued")
         self.assertEqual(waiting.preview, "Dear Anna, our offer with our logo . Regards",
                          "the text as it reads, in one paragraph: no link targets, no image references")
+        self.assertEqual((waiting.email_from, waiting.email_to),
+                         ("Anna <anna@dup.test>", f"Me <{remote.email}>"),
+                         "addresses as people read them, without the header's quotes")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.addresses import address_variants, normalize_address, parse_address_header
+from services.addresses import address_variants, normalize_address, parse_address_header, readable_addresses
 from services.backend import RemoteAddress
 
 
@@ -55,3 +55,16 @@ def test_parse_address_header_odd_input():
     many = ", ".join(f"user{n}@bulk.example" for n in range(5000))
     parsed = parse_address_header(many)
     assert len(parsed) == 5000 and parsed[-1].address == "user4999@bulk.example"
+
+
+@pytest.mark.parametrize(("header", "shown"), [
+    ('"Anna Berger" <Anna@Demo.example>,"Marco Rossi" <marco@demo.example>',
+     "Anna Berger <anna@demo.example>, Marco Rossi <marco@demo.example>"),
+    ("=?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <j@m.example>, plain@x.example",
+     "Jürgen Müller <j@m.example>, plain@x.example"),
+    ("undisclosed-recipients:;", "undisclosed-recipients:;"),
+    ("", ""),
+    (None, ""),
+])
+def test_readable_addresses(header, shown):
+    assert readable_addresses(header) == shown
