@@ -115,12 +115,16 @@ class ExchangeMailbox(models.Model):
             # Another user's sync, in another worker, imported one of these meetings after this
             # page began: the page is rolled back and redone at once, then it joins that event.
             raise MailboxReleased(f"A meeting of mailbox {self.id} was imported meanwhile") from error
+        removed = self.env["exchange.binding"].sudo()
         for remote_id in page.removed_ids:
-            binding = bindings.get(remote_id)
-            counts[self._exchange_release_event(binding) if binding else "skipped"] += 1
+            if remote_id in bindings:
+                removed |= bindings[remote_id]
+            else:
+                counts["skipped"] += 1
+        counts.update(self._exchange_release_events(removed))
         if page.done and listing["full"] and listing.get("window"):
-            for binding in self._exchange_unseen_event_bindings(listing["seen"], listing["window"]):
-                counts[self._exchange_release_event(binding)] += 1
+            counts.update(self._exchange_release_events(
+                self._exchange_unseen_event_bindings(listing["seen"], listing["window"])))
         counts = {name: count for name, count in counts.items() if count and name != "unchanged"}
         if counts:
             run._count(**counts)
@@ -155,8 +159,7 @@ class ExchangeMailbox(models.Model):
                 )
                 released = bindings.filtered(lambda binding: binding.res_id in outside.ids)
             if released:
-                counts = Counter(self._exchange_release_event(binding) for binding in released)
-                record._count(**counts)
+                record._count(**self._exchange_release_events(released))
             self.write(days)
 
     def _exchange_event_bindings_where(self, *terms):
@@ -185,20 +188,6 @@ class ExchangeMailbox(models.Model):
         inside = events.filtered(lambda event: event.start < window[1] and event.stop >= window[0])
         return bindings.filtered(
             lambda binding: binding.res_id in inside.ids or binding.res_id not in events.ids
-        )
-
-    def _exchange_event_bindings_of(self, event):
-        """Every mailbox's binding of ``event``: the users who have the meeting in their calendar."""
-        return (
-            self.env["exchange.binding"]
-            .sudo()
-            .search(
-                [
-                    ("kind", "=", "event"),
-                    ("res_model", "=", "calendar.event"),
-                    ("res_id", "=", event.id),
-                ]
-            )
         )
 
     def _exchange_events(self):
@@ -410,57 +399,58 @@ class ExchangeMailbox(models.Model):
         ).write({"change_key": False})
 
     def _exchange_release_event(self, binding):
-        """This user's calendar no longer has the entry of ``binding``: take the user out of its event.
+        """:meth:`_exchange_release_events` of one binding; returns what was counted."""
+        return next(iter(self._exchange_release_events(binding)))
 
-        The event itself goes when no mailbox has it any more, unless someone added something to
-        it in Odoo (a message, a file, an activity, notes): then it is archived. Returns what was
-        counted.
+    def _exchange_release_events(self, bindings):
+        """This user's calendar no longer has the entries of ``bindings``: take the user out of their events.
+
+        An event itself goes when no mailbox has it any more, unless someone added something to
+        it in Odoo (a message, a file, an activity, notes): then it is archived. Looked up once for
+        all the bindings (a window made smaller lets go of hundreds at once). Returns the counts,
+        one per binding.
         """
-        event = self._exchange_events().browse(binding.res_id).exists()
-        binding.unlink()
-        if not event:
-            return "skipped"
-        others = self._exchange_event_bindings_of(event)
-        if others:
-            partner = self.user_id.partner_id
-            if partner in event.partner_ids:
-                event.write({"partner_ids": [Command.unlink(partner.id)]})
-            return "updated"
-        if self._exchange_event_has_odoo_content(event):
-            event.write({"active": False})
-        else:
-            event.unlink()
-        return "deleted"
+        counts = Counter()
+        if not bindings:
+            return counts
+        events = self._exchange_events().browse(set(bindings.mapped("res_id"))).exists()
+        outcome_of = {binding.id: binding.res_id for binding in bindings}
+        bindings.unlink()
+        others = self.env["exchange.binding"].sudo().search([
+            ("kind", "=", "event"), ("res_model", "=", "calendar.event"), ("res_id", "in", events.ids),
+        ])
+        kept = events.browse(set(others.mapped("res_id")))
+        partner = self.user_id.partner_id
+        kept.filtered(lambda event: partner in event.partner_ids).write(
+            {"partner_ids": [Command.unlink(partner.id)]})
+        gone = events - kept
+        archived = self._exchange_events_with_odoo_content(gone)
+        archived.write({"active": False})
+        (gone - archived).unlink()
+        for res_id in outcome_of.values():
+            if res_id in kept.ids:
+                counts["updated"] += 1
+            elif res_id in gone.ids:
+                counts["deleted"] += 1
+            else:
+                counts["skipped"] += 1
+        return counts
 
-    def _exchange_event_has_odoo_content(self, event):
-        """Someone added something to the event in Odoo that would be lost with it."""
-        if event.notes or event.activity_ids or event.res_id:
-            return True
+    def _exchange_events_with_odoo_content(self, events):
+        """The ``events`` to which someone added something in Odoo that would be lost with them."""
+        flagged = events.filtered(lambda event: event.notes or event.activity_ids or event.res_id)
+        rest = events - flagged
+        if not rest:
+            return flagged
         env = self.env
-        if (
-            env["mail.message"]
-            .sudo()
-            .search_count(
-                [
-                    ("model", "=", "calendar.event"),
-                    ("res_id", "=", event.id),
-                    ("message_type", "in", ("comment", "email")),
-                ],
-                limit=1,
-            )
-        ):
-            return True
-        return bool(
-            env["ir.attachment"]
-            .sudo()
-            .search_count(
-                [
-                    ("res_model", "=", "calendar.event"),
-                    ("res_id", "=", event.id),
-                ],
-                limit=1,
-            )
-        )
+        with_content = set(env["mail.message"].sudo().search([
+            ("model", "=", "calendar.event"), ("res_id", "in", rest.ids),
+            ("message_type", "in", ("comment", "email")),
+        ]).mapped("res_id"))
+        with_content.update(env["ir.attachment"].sudo().search([
+            ("res_model", "=", "calendar.event"), ("res_id", "in", rest.ids),
+        ]).mapped("res_id"))
+        return flagged | rest.filtered(lambda event: event.id in with_content)
 
     # -- what a page needs, looked up once ----------------------------------------
 

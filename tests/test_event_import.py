@@ -4,6 +4,7 @@ import os
 import threading
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 from unittest.mock import patch
 from zoneinfo import ZoneInfo
 
@@ -395,6 +396,37 @@ class TestEventImport(EventImportMixin, ConfiguredTenantMixin, TransactionCase):
                 # Per changed entry: an exists(), a search of the event's bindings and the two
                 # searches of _bind before (about 5 queries); now what the page reads covers them.
                 self.assertLessEqual(six - two, 4, f"{two} queries for 2 changed meetings, {six} for 6")
+
+    def queries_of_removing(self, count, user, remote, colleague, colleague_remote):
+        """Queries of ``user``'s sync after ``count`` meetings left their calendar: half of them
+        still in ``colleague``'s (the user leaves the event), half of them the user's alone (gone)."""
+        shared = [self.meeting(colleague_remote, remote, f"Shared {count}.{number}",
+                               self.at(number % 5 + 1, 8 + number)) for number in range(count // 2)]
+        outsider = SimpleNamespace(email="olga@outside.example")
+        own = [self.meeting(remote, outsider, f"Own {count}.{number}", self.at(number % 5 + 1, 14 + number))
+               for number in range(count - count // 2)]
+        self.sync(user, colleague)
+        for items in shared:
+            remote.delete_item(items[1].id)
+        for items in own:
+            remote.delete_item(items[0].id)
+        self.env.flush_all()
+        before = self.env.cr.sql_log_count
+        runs = self.sync(user)
+        self.env.flush_all()
+        self.assertEqual((runs.count_updated, runs.count_deleted), (count // 2, count - count // 2))
+        return self.env.cr.sql_log_count - before
+
+    def test_removed_meetings_are_released_together(self):
+        for kind in KINDS:
+            with self.subTest(kind=kind):
+                users = (*self.mailbox_user(kind, "gone"), *self.mailbox_user(kind, "gone"))
+                self.queries_of_removing(2, *users)  # caches warm
+                two, ten = self.queries_of_removing(2, *users), self.queries_of_removing(10, *users)
+                # Released one by one (an exists(), the binding's unlink, a search of the event's
+                # other bindings, two searches for Odoo content, the event's own write or unlink),
+                # 8 more removed meetings cost 300 more queries; released together, 6.
+                self.assertLessEqual(ten - two, 8, f"{two} queries for 2 removed meetings, {ten} for 10")
 
     def test_removed_from_one_of_two_calendars(self):
         for kind in KINDS:
