@@ -37,9 +37,13 @@ class ExchangeMailbox(models.Model):
                    "contacts": user.exchange_sync_contacts}
         requested = mailbox._exchange_requested_kinds() if mailbox.sync_requested else ()
         Run = self.env["exchange.sync.run"].sudo()
+        # The newest run of each kind, in one query (runs are created in the order they start).
+        newest = Run.browse(run_id for _kind, run_id in Run._read_group(
+            [("user_id", "=", user.id), ("kind", "in", COCKPIT_KINDS)], ["kind"], ["id:max"]))
+        last_of = {run.kind: run for run in newest}
         kinds = []
         for kind in COCKPIT_KINDS:
-            last = Run.search([("user_id", "=", user.id), ("kind", "=", kind)], limit=1)
+            last = last_of.get(kind, Run)
             kinds.append({
                 "kind": kind,
                 "enabled": bool(enabled[kind]),
