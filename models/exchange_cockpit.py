@@ -145,16 +145,15 @@ class ExchangeMailbox(models.Model):
                 self.env._("%(count)s mails imported", count=run.count_created)
             if waiting:
                 text = self.env._("%(text)s, %(count)s waiting for you", text=text, count=waiting)
-        elif run.kind == "events":
-            text = self.env._("1 event added") if run.count_created == 1 else \
-                self.env._("%(count)s events added", count=run.count_created)
-            text = self.env._("%(text)s, %(updated)s updated, %(deleted)s removed",
-                              text=text, updated=run.count_updated, deleted=run.count_deleted)
         else:
-            text = self.env._("1 contact added") if run.count_created == 1 else \
-                self.env._("%(count)s contacts added", count=run.count_created)
+            if run.kind == "events":
+                added = self.env._("1 event added") if run.count_created == 1 else \
+                    self.env._("%(count)s events added", count=run.count_created)
+            else:
+                added = self.env._("1 contact added") if run.count_created == 1 else \
+                    self.env._("%(count)s contacts added", count=run.count_created)
             text = self.env._("%(text)s, %(updated)s updated, %(deleted)s removed",
-                              text=text, updated=run.count_updated, deleted=run.count_deleted)
+                              text=added, updated=run.count_updated, deleted=run.count_deleted)
         if run.count_failed:
             text = self.env._("%(text)s, %(count)s failed", text=text, count=run.count_failed)
         if run.state == "partial":

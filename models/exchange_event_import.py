@@ -413,8 +413,8 @@ class ExchangeMailbox(models.Model):
         counts = Counter()
         if not bindings:
             return counts
-        events = self._exchange_events().browse(set(bindings.mapped("res_id"))).exists()
-        outcome_of = {binding.id: binding.res_id for binding in bindings}
+        res_ids = [binding.res_id for binding in bindings]  # one count per binding
+        events = self._exchange_events().browse(set(res_ids)).exists()
         bindings.unlink()
         others = self.env["exchange.binding"].sudo().search([
             ("kind", "=", "event"), ("res_model", "=", "calendar.event"), ("res_id", "in", events.ids),
@@ -427,10 +427,11 @@ class ExchangeMailbox(models.Model):
         archived = self._exchange_events_with_odoo_content(gone)
         archived.write({"active": False})
         (gone - archived).unlink()
-        for res_id in outcome_of.values():
-            if res_id in kept.ids:
+        kept_ids, gone_ids = set(kept.ids), set(gone.ids)
+        for res_id in res_ids:
+            if res_id in kept_ids:
                 counts["updated"] += 1
-            elif res_id in gone.ids:
+            elif res_id in gone_ids:
                 counts["deleted"] += 1
             else:
                 counts["skipped"] += 1

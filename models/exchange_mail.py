@@ -297,8 +297,8 @@ class ExchangeMail(models.Model):
         The mails of one user are posted in one batch: the Message-ID lookups and the messages'
         creation happen once, not per mail.
         """
-        # One parse cache (aliases, bounce addresses) for all the chosen mails.
-        Mail = self.with_context(**{IMPORT_CACHE_CONTEXT: {}, "exchange_alias_cache": {}})
+        # One parse cache (alias domains, aliases) for all the chosen mails.
+        Mail = self.with_context(**{IMPORT_CACHE_CONTEXT: {}})
         by_user = defaultdict(list)
         try:
             for mail, partners in choices:

@@ -159,13 +159,11 @@ class ExchangeMailbox(models.Model):
         A mail that cannot be read is recorded as failed; when storing the batch fails, it is
         stored again mail by mail, so that a bad mail fails alone while the others are kept.
         """
-        # The recipients' alias lookups of Odoo's parser are made once per address for the run
-        # (or the batch, outside a run), as are its bounce alias lookups.
-        cache = self.env.context.get(IMPORT_CACHE_CONTEXT)
-        if cache is None:
+        # Odoo's parser looks up the alias domains and the recipients' aliases for every mail: once
+        # per run (or per batch, outside a run) under the import's cache.
+        if IMPORT_CACHE_CONTEXT not in self.env.context:
             return self.with_context(**{IMPORT_CACHE_CONTEXT: {}})._exchange_import_mails(batch, run)
-        Mail = self.env["exchange.mail"].sudo().with_context(
-            exchange_alias_cache=cache.setdefault("aliases", {}))
+        Mail = self.env["exchange.mail"].sudo()
         outcomes = []
         readable = []
         for entry in batch:

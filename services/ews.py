@@ -889,11 +889,11 @@ class EwsBackend(MailboxBackend):
             to_fetch = [item_id for item_id in changed_ids if item_id not in listed]
             fetched = self._fetch_envelopes(to_fetch, MESSAGE_FIELDS if recipients else LISTING_FIELDS)
             # GetItem answers in the order of the ids asked for, errors in place.
-            listed.update(zip(to_fetch, fetched, strict=False))
+            listed.update(zip(to_fetch, fetched, strict=True))
             items = []
             for item_id in changed_ids:
-                envelope = listed.get(item_id)
-                if envelope is None or isinstance(envelope, ews_errors.ErrorItemNotFound):
+                envelope = listed[item_id]
+                if isinstance(envelope, ews_errors.ErrorItemNotFound):
                     continue  # deleted meanwhile: the next page or sync reports it
                 if isinstance(envelope, Exception):
                     raise _translate(envelope)

@@ -26,16 +26,13 @@ _REMOTE_ATTRIBUTES = ("src", "background", "srcset", "poster", "data")
 _CACHED_HEADER_CHARS = 4096
 
 
-#: What ``EmailPolicy.header_fetch_parse`` removes from a value (not ``splitlines``: only CR and LF).
-_LINE_BREAKS = re.compile(r"\n|\r")
-
-
 # Small: a header object keeps its parse tree (some 30 kB for an address list), and what is
 # worth keeping is a mail's own headers, read again and again while it is parsed, and the few
 # lines that many mails share.
 @functools.lru_cache(maxsize=256)
 def _parsed_header(factory, name, value):
-    return factory(name, _LINE_BREAKS.sub("", value))
+    # What EmailPolicy.header_fetch_parse does, with the splitter it uses (only CR and LF).
+    return factory(name, "".join(email.policy.linesep_splitter.split(value)))
 
 
 class _CachedHeaderPolicy(email.policy.EmailPolicy):
