@@ -380,12 +380,17 @@ class TestEventImport(EventImportMixin, ConfiguredTenantMixin, TransactionCase):
         for items in meetings:
             for item, mailbox in zip(items, (colleague_remote, remote), strict=True):
                 mailbox.update_item(item.id, subject=f"{item.subject} (moved)")
+        runs, queries = self.queries_of_sync(user)
+        self.assertEqual(runs.count_updated, count)
+        return queries
+
+    def queries_of_sync(self, user):
+        """``user``'s runs and the SQL queries their sync cost."""
         self.env.flush_all()
         before = self.env.cr.sql_log_count
         runs = self.sync(user)
         self.env.flush_all()
-        self.assertEqual(runs.count_updated, count)
-        return self.env.cr.sql_log_count - before
+        return runs, self.env.cr.sql_log_count - before
 
     def test_changed_meetings_are_read_per_page_not_per_entry(self):
         for kind in KINDS:
@@ -410,12 +415,9 @@ class TestEventImport(EventImportMixin, ConfiguredTenantMixin, TransactionCase):
             remote.delete_item(items[1].id)
         for items in own:
             remote.delete_item(items[0].id)
-        self.env.flush_all()
-        before = self.env.cr.sql_log_count
-        runs = self.sync(user)
-        self.env.flush_all()
+        runs, queries = self.queries_of_sync(user)
         self.assertEqual((runs.count_updated, runs.count_deleted), (count // 2, count - count // 2))
-        return self.env.cr.sql_log_count - before
+        return queries
 
     def test_removed_meetings_are_released_together(self):
         for kind in KINDS:
